@@ -1,0 +1,49 @@
+"""Thin command-line front end: each subcommand lives in `videogrpo.commands.<name>`.
+
+A command module exposes `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from videogrpo import __version__
+from videogrpo.errors import UserError
+
+COMMANDS: tuple[str, ...] = ()
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="videogrpo",
+        description="Post-train text-to-video generators with GRPO "
+        "(SAGE-GRPO, Self-Paced GRPO, FlowGRPO, DanceGRPO, CPS, MixGRPO).",
+    )
+    parser.add_argument("--version", action="version", version=f"videogrpo {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"videogrpo.commands.{name}")
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as error:
+        print(f"videogrpo {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"videogrpo {args.command}: interrupted", file=sys.stderr)
+        return 130
