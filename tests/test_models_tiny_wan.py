@@ -73,6 +73,7 @@ def test_cfg_is_one_batched_forward_equal_to_two_separate_ones():
     assert not torch.allclose(conditional, unconditional, atol=1e-3)  # the prompt matters
 
 
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
 def test_velocity_is_float32_under_bf16_autocast():
     model = frozen_model()
     latents, sigma = noisy_batch(model)
