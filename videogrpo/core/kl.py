@@ -7,6 +7,7 @@ every schedule has the same small interface so the trainer and the checkpoint tr
 """
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,7 +81,7 @@ def dual_kl(
     return beta_position * kl_position + beta_velocity * kl_velocity
 
 
-class KLSchedule:
+class KLSchedule(ABC):
     """λ_t for the total loss mean(ℓ) + λ_t·KL.
 
     ``value()`` is λ for the coming update; ``update(kl)`` records one optimizer update (and its
@@ -93,8 +94,9 @@ class KLSchedule:
     def __init__(self) -> None:
         self._updates = 0
 
+    @abstractmethod
     def value(self) -> float:
-        raise NotImplementedError
+        """λ for the coming optimizer update."""
 
     def update(self, kl_value: float | None = None) -> float:
         self._updates += 1

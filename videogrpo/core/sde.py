@@ -124,7 +124,10 @@ def coefficients(
         raise ValueError(f"eta must be a finite number >= 0, got eta = {eta!r}")
     if not 0.0 < sigma_clamp < 1.0:
         raise ValueError(f"sigma_clamp must be in (0, 1), got {sigma_clamp!r}")
-    sigma_t, sigma_next_t = torch.broadcast_tensors(_as_float64(sigma), _as_float64(sigma_next))
+    device = next((v.device for v in (sigma, sigma_next) if isinstance(v, Tensor)), None)
+    sigma_t, sigma_next_t = torch.broadcast_tensors(
+        _as_float64(sigma, device), _as_float64(sigma_next, device)
+    )
     if not (torch.isfinite(sigma_t).all() and (sigma_t > 0).all() and (sigma_t <= 1).all()):
         raise ValueError(f"sigma must be in (0, 1], got {sigma_t.tolist()}")
     if not ((sigma_next_t >= 0).all() and (sigma_next_t < sigma_t).all()):
@@ -248,10 +251,10 @@ def _log_prob(next_sample: Tensor, mean: Tensor, step_variance: Tensor, reductio
     return per_sample.sum(dim=1) if reduction == "sum" else per_sample.mean(dim=1)
 
 
-def _as_float64(value: float | Tensor) -> Tensor:
+def _as_float64(value: float | Tensor, device: torch.device | None = None) -> Tensor:
     if isinstance(value, Tensor):
-        return value.detach().to(torch.float64)
-    return torch.tensor(float(value), dtype=torch.float64)
+        return value.detach().to(device=device, dtype=torch.float64)
+    return torch.tensor(float(value), dtype=torch.float64, device=device)
 
 
 def _to_device(value: float | Tensor, like: Tensor) -> float | Tensor:

@@ -11,6 +11,7 @@ Randomness comes only from the given ``torch.Generator`` so a selection is repro
 """
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,7 +36,7 @@ class StepSelection:
 
 
 @dataclass(frozen=True)
-class StepSelector:
+class StepSelector(ABC):
     """Base of the strategies: validates the inputs once, then ``_choose`` decides."""
 
     name: ClassVar[str] = "base"
@@ -68,11 +69,11 @@ class StepSelector:
             candidates[-1] = False
         return self._choose(candidates, batch_size, iteration, generator)
 
+    @abstractmethod
     def _choose(
         self, candidates: Tensor, batch_size: int, iteration: int, generator: torch.Generator | None
     ) -> StepSelection:
         """``candidates`` (T,): steps allowed to use the SDE (Σ > 0, last kept ODE if asked)."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
