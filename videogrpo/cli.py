@@ -12,7 +12,7 @@ import sys
 from videogrpo import __version__
 from videogrpo.errors import UserError
 
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = ("report",)
 
 EXIT_USAGE = 2
 

@@ -1,0 +1,18 @@
+"""`videogrpo report RUN_DIR`: write the run's self-contained HTML report and print its path."""
+
+from __future__ import annotations
+
+import argparse
+
+from videogrpo.report import write_report
+
+HELP = "Write RUN_DIR/report.html: curves, diagnostics and before/after eval videos of a run."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="A run directory written by `train`.")
+
+
+def run(args: argparse.Namespace) -> int:
+    print(write_report(args.run_dir))
+    return 0
