@@ -36,9 +36,9 @@ class StepCoefficients:
 class StepOutput:
     """Result of one step; float32 tensors.
 
-    ``std`` broadcasts against the sample (a scalar or shape (B, 1, …)). ``log_prob`` has shape
-    (B,) and is None when the step is deterministic (some sample has Σ = 0) and no ``prev_sample``
-    was given.
+    ``std`` broadcasts against the sample: shape (B, 1, …), or (1, 1, …) for one σ.
+    ``log_prob`` has shape (B,); it is None when the step is deterministic (some sample has
+    Σ = 0) and no ``prev_sample`` was given.
     """
 
     prev_sample: Tensor
