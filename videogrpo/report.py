@@ -15,7 +15,7 @@ import html
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,8 @@ EVAL_COLOR = "#d62728"
 STEP_RAMP = ("#1f4e9c", "#e8702a")
 
 Row = dict[str, float]
+Scale = Callable[[float], float]  # data value → pixel coordinate
+Segment = list[tuple[float, float]]  # pixel points of one unbroken stretch of a line
 
 
 # ---------------------------------------------------------------------------- reading the run
@@ -143,8 +145,9 @@ def _read_json(path: Path, notes: list[str]) -> Any:
 
 def _load_run(run_dir: Path) -> Run:
     if not run_dir.is_dir():
+        problem = "is not a directory" if run_dir.exists() else "not found"
         raise UserError(
-            f"run directory {str(run_dir)!r} not found; expected a folder written by "
+            f"run directory {str(run_dir)!r} {problem}; expected a folder written by "
             f"`videogrpo train` containing {METRICS_FILE}"
         )
     metrics_path = run_dir / METRICS_FILE
@@ -201,7 +204,6 @@ class Series:
     lows: list[float] | None = None
     highs: list[float] | None = None
     markers: bool = False  # points only, with hover titles (eval results)
-    dashed: bool = False
     fill_opacity: float = BAND_OPACITY
 
 
@@ -254,9 +256,9 @@ def _tick_label(value: float) -> str:
     return "0" if text in ("-0", "0") else text
 
 
-def _points(xs: list[float], ys: list[float], sx, sy, log: bool) -> list[list[tuple[float, float]]]:
+def _points(xs: list[float], ys: list[float], sx: Scale, sy: Scale, log: bool) -> list[Segment]:
     """Pixel segments of a line: a non-finite y (or ≤ 0 on a log axis) ends the segment."""
-    segments: list[list[tuple[float, float]]] = [[]]
+    segments: list[Segment] = [[]]
     for x, y in zip(xs, ys, strict=True):
         if _finite(x) and _finite(y, log):
             segments[-1].append((sx(x), sy(y)))
@@ -265,11 +267,11 @@ def _points(xs: list[float], ys: list[float], sx, sy, log: bool) -> list[list[tu
     return [segment for segment in segments if segment]
 
 
-def _path(segment: list[tuple[float, float]]) -> str:
+def _path(segment: Segment) -> str:
     return "M" + " L".join(f"{x:.1f},{y:.1f}" for x, y in segment)
 
 
-def _band_paths(line: Series, sx, sy, log: bool) -> list[str]:
+def _band_paths(line: Series, sx: Scale, sy: Scale, log: bool) -> list[str]:
     """Closed areas between `lows` and `highs` over each run of x where both are finite."""
     assert line.lows is not None and line.highs is not None
     runs: list[list[tuple[float, float, float]]] = [[]]
@@ -339,11 +341,10 @@ def render_svg(chart: Chart) -> str | None:
                 )
     for line in chart.series:
         label = html.escape(line.label)
-        dash = ' stroke-dasharray="4 3"' if line.dashed else ""
         for segment in _points(line.xs, line.ys, sx, sy, log):
             if len(segment) > 1 and not line.markers:
                 parts.append(
-                    f'<path d="{_path(segment)}" fill="none" stroke="{line.color}"{dash}>'
+                    f'<path d="{_path(segment)}" fill="none" stroke="{line.color}">'
                     f"<title>{label}</title></path>"
                 )
         parts += _markers(line, sx, sy, log)
@@ -351,7 +352,7 @@ def render_svg(chart: Chart) -> str | None:
     return "".join(parts)
 
 
-def _markers(line: Series, sx, sy, log: bool) -> list[str]:
+def _markers(line: Series, sx: Scale, sy: Scale, log: bool) -> list[str]:
     """Circles for eval points and for points a line cannot show (isolated by gaps)."""
     circles = []
     label = html.escape(line.label)
@@ -383,9 +384,7 @@ class _Metrics:
         """Full matches of `pattern` among the keys, in first-logged order."""
         return [m for key in self.keys if (m := re.fullmatch(pattern, key))]
 
-    def series(
-        self, key: str, label: str, color: str, std_key: str | None = None, **style: Any
-    ) -> Series | None:
+    def series(self, key: str, label: str, color: str, std_key: str | None = None) -> Series | None:
         """The rows that logged `key` (a missing key connects the line; NaN breaks it)."""
         if key not in self.keys:
             return None
@@ -393,12 +392,13 @@ class _Metrics:
         rows = [row for row in self.rows if key in row]
         xs = [row[ITERATION_KEY] for row in rows]
         ys = [row[key] for row in rows]
-        if std_key in self.keys:
-            self.used.add(std_key)
-            stds = [row.get(std_key, math.nan) for row in rows]
-            style["lows"] = [y - s for y, s in zip(ys, stds, strict=True)]
-            style["highs"] = [y + s for y, s in zip(ys, stds, strict=True)]
-        return Series(label, xs, ys, color, **style)
+        if std_key not in self.keys:
+            return Series(label, xs, ys, color)
+        self.used.add(std_key)
+        stds = [row.get(std_key, math.nan) for row in rows]
+        lows = [y - s for y, s in zip(ys, stds, strict=True)]
+        highs = [y + s for y, s in zip(ys, stds, strict=True)]
+        return Series(label, xs, ys, color, lows=lows, highs=highs)
 
     def lines(self, title: str, keys: Iterable[str], **chart: Any) -> Chart:
         """One chart with a line per key, labelled by the key's last path part."""
@@ -846,6 +846,9 @@ def write_report(run_dir: str | Path) -> Path:
     run = _load_run(Path(run_dir))
     path = run.path / REPORT_FILE
     page = _page(run)
-    with atomic_output(path, suffix=".html") as temp:
-        temp.write_text(page, encoding="utf-8")
+    try:
+        with atomic_output(path, suffix=".html") as temp:
+            temp.write_text(page, encoding="utf-8")
+    except OSError as error:  # read-only run folder, full disk: one line, not a traceback
+        raise UserError(f"cannot write {str(path)!r}: {error.strerror or error}") from error
     return path
