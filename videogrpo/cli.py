@@ -12,7 +12,7 @@ import sys
 from videogrpo import __version__
 from videogrpo.errors import UserError
 
-COMMANDS: tuple[str, ...] = ("report",)
+COMMANDS: tuple[str, ...] = ("train", "sample", "eval", "pretrain", "report")
 
 EXIT_USAGE = 2
 

@@ -1,0 +1,247 @@
+"""The training configuration: every setting of `videogrpo train`, with its meaning and default.
+
+Defaults are the SAGE-GRPO recipe scaled to the embedded default model (ALGORITHMS §9-10); the
+presets under configs/ set the baselines. Validation is by dataclasses (config_schema.py): a YAML
+file plus `--set a.b=c` overrides become this typed tree or a one-line error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from videogrpo.config_schema import apply_override, from_dict, section, setting, to_dict
+from videogrpo.errors import UserError
+
+STEP_RULES = ("ode", "dance", "flow", "sage", "cps")
+SELECTIONS = ("all", "first_k", "random_fraction", "window")
+STD_MODES = ("group", "batch", "none")
+KL_REFERENCES = ("none", "fixed", "moving", "stepwise", "dual")
+KL_SCHEDULES = ("constant", "two_stage", "linear_ramp", "adaptive")
+CURRICULA = ("static", "staged", "utility")
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = setting("runs", "Parent folder of run directories.")
+    name: str | None = setting(None, "Run directory name; default: <preset>-<seed>-<timestamp>.")
+    seed: int = setting(0, "Seed for prompts, noise, selection and initialisation.", ge=0)
+    iterations: int = setting(40, "Training iterations (one rollout + its updates each).", ge=1)
+    eval_every: int = setting(
+        0, "Held-out eval every N iterations (0: only at start and end).", ge=0
+    )
+    checkpoint_every: int = setting(
+        10, "Checkpoint every N iterations (and always at the end).", ge=1
+    )
+    videos_every: int = setting(
+        10, "Save a sample of rollout videos every N iterations (0: never).", ge=0
+    )
+    threads: int = setting(0, "torch CPU threads (0: torch's default).", ge=0)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = setting("tiny_wan", "Generator adapter.", choices=("tiny_wan",))
+    path: str | None = setting(None, "Weights folder; default: the embedded pretrained model.")
+    finetune: str = setting(
+        "lora", "Train a LoRA adapter or all weights.", choices=("lora", "full")
+    )
+    lora_rank: int = setting(16, "LoRA rank.", ge=1)
+    lora_alpha: float = setting(16.0, "LoRA alpha (scale = alpha / rank).", gt=0)
+
+
+@dataclass
+class SamplingConfig:
+    rule: str = setting("sage", "Exploration step rule (ALGORITHMS §2).", choices=STEP_RULES)
+    eta: float = setting(0.5, "Exploration scale η (cps: in [0, 1]).", ge=0)
+    num_steps: int = setting(10, "Rollout denoising steps T.", ge=2)
+    shift: float = setting(3.0, "Schedule shift s (ALGORITHMS §1).", gt=0)
+    guidance_scale: float = setting(1.0, "Classifier-free guidance w (1: off).", ge=1)
+    sigma_clamp: float = setting(3e-3, "sage: clamp c keeping σ < 1 − c in the log.", gt=0, le=0.5)
+    deterministic_last_step: bool = setting(
+        True, "Use the ODE at the last step (its noise is never denoised and costs quality)."
+    )
+
+
+@dataclass
+class SelectionConfig:
+    strategy: str = setting("all", "Which steps are trained (ALGORITHMS §6).", choices=SELECTIONS)
+    fraction: float = setting(0.6, "first_k / random_fraction: share of steps trained.", gt=0, le=1)
+    window_size: int = setting(4, "window: SDE window length w.", ge=1)
+    window_stride: int = setting(1, "window: steps the window moves each time.", ge=1)
+    window_every: int = setting(25, "window: iterations between moves.", ge=1)
+
+
+@dataclass
+class DataConfig:
+    prompts: str = setting(
+        "train", "Training prompts: a world split name or a text file, one per line."
+    )
+    prompts_per_iteration: int = setting(8, "B: prompts per rollout.", ge=1)
+    group_size: int = setting(4, "G: samples per prompt (a group).", ge=2)
+
+
+@dataclass
+class RewardConfig:
+    name: str = setting("world", "Reward model.", choices=("world",))
+    weights: dict[str, float] = setting(
+        {"vq": 0.5, "mq": 0.5, "ta": 1.0}, "Static component weights (SAGE setting B: 0.5/0.5/1.0)."
+    )
+    aggregation: str = setting(
+        "sum",
+        "Weight then normalise per group, or normalise each component then weight (static only).",
+        choices=("sum", "normalize_then_sum"),
+    )
+    curriculum: str = setting("static", "Reward weighting (ALGORITHMS §8).", choices=CURRICULA)
+    order: list[str] = setting(
+        ["vq", "mq", "ta"], "Curriculum order: visual fidelity, motion, then text alignment."
+    )
+    thresholds: list[float] | None = setting(
+        None, "Competence gates τ in [0, 1] (default: the paper's 0.75 per gated component)."
+    )
+    temperature: float | None = setting(
+        None, "Softness T of the gates (default: 0.05 staged, 1.0 utility).", gt=0
+    )
+    sharpness: float = setting(1.0, "utility: slope k of sigmoid(k·(m − τ)).", gt=0)
+    beta: float = setting(0.3, "utility: weight β of the Hoyer-sparsity term.", ge=0)
+    competence: str = setting(
+        "ema", "Competence of the current group, or an EMA over batches.", choices=("group", "ema")
+    )
+    ema_decay: float = setting(0.9, "Decay of the competence EMA.", ge=0, le=0.999)
+    normalization: str = setting(
+        "fixed",
+        "Map components to [0, 1] with fixed lo/hi or calibrate them.",
+        choices=("fixed", "calibrate"),
+    )
+    lo: float = setting(0.0, "Fixed normalisation: score mapped to 0.")
+    hi: float = setting(1.0, "Fixed normalisation: score mapped to 1.")
+    calibration_iterations: int = setting(
+        10, "calibrate: iterations whose rewards set lo/hi.", ge=1
+    )
+
+
+@dataclass
+class AdvantageConfig:
+    std: str = setting(
+        "group", "Normalise by the group's std, the batch's, or not.", choices=STD_MODES
+    )
+    eps: float = setting(1e-6, "Floor of the std (ALGORITHMS §5).", gt=0)
+    clip: float = setting(5.0, "Clip advantages to ±clip.", gt=0)
+
+
+@dataclass
+class PolicyConfig:
+    clip_range: float = setting(1e-4, "PPO ratio clip ε_c (ALGORITHMS §6).", gt=0)
+    log_prob_reduction: str = setting(
+        "mean",
+        "Per-element mean (references) or sum of the Gaussian log-density.",
+        choices=("mean", "sum", "cps_unnormalized"),
+    )
+    equalizer: bool = setting(True, "Gradient norm equalizer factors S_k (ALGORITHMS §4).")
+
+
+@dataclass
+class KLConfig:
+    reference: str = setting("dual", "KL reference (ALGORITHMS §7).", choices=KL_REFERENCES)
+    anchor_every: int = setting(10, "Moving anchor refresh period N in optimizer steps.", ge=1)
+    beta_pos: float = setting(1.0, "dual: weight of the moving-anchor KL.", ge=0)
+    beta_vel: float = setting(0.1, "dual: weight of the step-wise KL.", ge=0)
+    stepwise_estimator: str = setting(
+        "k1",
+        "Step-wise KL: k1 from log-probs or analytic from stored means.",
+        choices=("k1", "analytic"),
+    )
+    schedule: str = setting("adaptive", "Coefficient λ_t schedule.", choices=KL_SCHEDULES)
+    coef: float = setting(1e-5, "constant λ; two_stage/linear_ramp: final λ.", ge=0)
+    coef_start: float = setting(1e-7, "two_stage/linear_ramp/adaptive: initial λ (λ_min).", ge=0)
+    coef_max: float = setting(1e-5, "adaptive: upper bound λ_max.", ge=0)
+    switch_steps: int = setting(100, "two_stage: switch step; ramps: ramp length.", ge=0)
+    target: float = setting(1e-3, "adaptive: KL target (separate from λ_max).", gt=0)
+    window: int = setting(10, "adaptive: KL values averaged per decision.", ge=1)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = setting(3e-4, "AdamW learning rate.", gt=0)
+    weight_decay: float = setting(0.0, "AdamW weight decay.", ge=0)
+    beta1: float = setting(0.9, "AdamW β1.", ge=0, le=1)
+    beta2: float = setting(0.999, "AdamW β2.", ge=0, le=1)
+    grad_clip: float = setting(1.0, "Gradient-norm clip.", gt=0)
+    inner_epochs: int = setting(1, "Passes over each rollout.", ge=1)
+    minibatches: int = setting(1, "Optimizer steps per pass (minibatches of samples).", ge=1)
+    warmup_iterations: int = setting(0, "Linear LR warm-up, in iterations.", ge=0)
+
+
+@dataclass
+class EvalConfig:
+    prompts: str = setting("heldout", "Eval prompts: a world split name or a text file.")
+    max_prompts: int = setting(0, "Use at most this many eval prompts (0: all).", ge=0)
+    samples_per_prompt: int = setting(2, "Fixed seeds per eval prompt.", ge=1)
+    num_steps: int = setting(10, "ODE steps for eval.", ge=1)
+    seed: int = setting(1234, "Base seed of the fixed eval noise.", ge=0)
+    videos: int = setting(8, "Eval videos saved for the before/after grid.", ge=0)
+
+
+@dataclass
+class TrainConfig:
+    run: RunConfig = section(RunConfig)
+    model: ModelConfig = section(ModelConfig)
+    sampling: SamplingConfig = section(SamplingConfig)
+    selection: SelectionConfig = section(SelectionConfig)
+    data: DataConfig = section(DataConfig)
+    reward: RewardConfig = section(RewardConfig)
+    advantage: AdvantageConfig = section(AdvantageConfig)
+    policy: PolicyConfig = section(PolicyConfig)
+    kl: KLConfig = section(KLConfig)
+    optim: OptimConfig = section(OptimConfig)
+    eval: EvalConfig = section(EvalConfig)
+
+    def __post_init__(self) -> None:
+        """Cross-field checks: each names the keys involved and the fix."""
+        if self.sampling.rule == "cps" and self.sampling.eta > 1:
+            raise UserError(
+                f"sampling.eta: {self.sampling.eta} is out of range for cps; use [0, 1]"
+            )
+        if self.sampling.rule == "ode" or self.sampling.eta == 0:
+            raise UserError(
+                "sampling: an ODE rollout has no log-probabilities to train; "
+                "set sampling.rule to dance/flow/sage/cps and sampling.eta > 0"
+            )
+        batch = self.data.prompts_per_iteration * self.data.group_size
+        if batch % self.optim.minibatches:
+            raise UserError(
+                f"optim.minibatches: {self.optim.minibatches} does not divide the batch of "
+                f"{batch} samples (data.prompts_per_iteration × data.group_size)"
+            )
+        if self.kl.coef_start > self.kl.coef_max:
+            raise UserError(
+                f"kl.coef_start: {self.kl.coef_start} exceeds kl.coef_max {self.kl.coef_max}"
+            )
+        if not self.reward.weights:
+            raise UserError("reward.weights: give at least one component weight, e.g. {ta: 1.0}")
+        for threshold in self.reward.thresholds or []:
+            if not 0.0 <= threshold <= 1.0:
+                raise UserError(f"reward.thresholds: {threshold} is outside [0, 1]")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML preset (or the defaults), apply `a.b=value` overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file {str(path)!r} not found; see configs/ for the presets")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise UserError(f"config file {str(path)!r} is not valid YAML: {error}") from error
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return from_dict(TrainConfig, data)
+
+
+def config_to_yaml(config: TrainConfig) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

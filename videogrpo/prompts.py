@@ -1,0 +1,26 @@
+"""Prompt sets: a split of the synthetic world by name, or a text file with one prompt per line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from videogrpo.errors import UserError
+from videogrpo.world import grammar
+
+WORLD_SPLITS = ("train", "heldout", "all")
+
+
+def load_prompts(spec: str) -> list[str]:
+    """`spec` is a world split name (train, heldout, all) or the path of a UTF-8 text file."""
+    if spec in WORLD_SPLITS:
+        return list(grammar.prompts(spec))
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(
+            f"prompts {spec!r} is neither a world split ({', '.join(WORLD_SPLITS)}) nor a file"
+        )
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
+    if not prompts:
+        raise UserError(f"prompt file {spec!r} holds no prompts (one per line, # for comments)")
+    return prompts

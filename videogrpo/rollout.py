@@ -1,0 +1,124 @@
+"""Sampling loop: denoise groups of samples with any step rule and record what training replays.
+
+This is the only sampler in videogrpo: rollouts, eval and `videogrpo sample` all call
+`sample_trajectories`, and the step math is `core.sde.step`. The model is called on batches whose
+composition the update will reproduce exactly (rows grouped by minibatch and by whether they train
+the step), because a CPU or GPU matmul gives slightly different floats for a row in a different
+batch, and replaying a stored step must give a ratio of exactly 1 (DESIGN.md invariants).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from videogrpo.core import sde
+from videogrpo.models.base import PromptEmbeddings, VideoGenerator
+
+
+@dataclass
+class Trajectories:
+    """What a rollout stores per sample n and step k (T steps, N samples)."""
+
+    prompts: list[str]
+    seeds: list[int]
+    states: Tensor  # (T+1, N, C, F, H, W) float32: x at σ_0 … σ_T; states[T] is the clean latent
+    log_probs: Tensor  # (T, N) float32: log π_old of states[k+1] given states[k]; NaN on ODE steps
+    sde_mask: Tensor  # (T,) bool: steps sampled with the stochastic rule
+    means: Tensor | None = None  # (T, N, C, F, H, W): μ_old per step, when asked for (analytic KL)
+
+    @property
+    def final(self) -> Tensor:
+        return self.states[-1]
+
+
+def row_batches(chunk: Tensor, trained_at_step: Tensor) -> list[Tensor]:
+    """The model batches for one step of one chunk: rows that train this step, then the others.
+
+    The update recomputes exactly the first batch, so grouping the rollout this way makes its
+    floats bitwise equal to the replay's.
+    """
+    trained = chunk[trained_at_step[chunk]]
+    untrained = chunk[~trained_at_step[chunk]]
+    return [rows for rows in (trained, untrained) if rows.numel()]
+
+
+def initial_noise(model: VideoGenerator, seeds: list[int]) -> Tensor:
+    """One generator per sample, so a sample's noise does not depend on its batch neighbours."""
+    generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+    noise = torch.stack([torch.randn(model.latent_shape, generator=g) for g in generators])
+    return noise.to(model.device)
+
+
+@torch.no_grad()
+def sample_trajectories(
+    model: VideoGenerator,
+    prompts: list[str],
+    seeds: list[int],
+    sigmas: Tensor,
+    *,
+    rule: str,
+    eta: float,
+    sde_mask: Tensor,
+    guidance_scale: float,
+    trained: Tensor | None = None,
+    chunks: list[Tensor] | None = None,
+    sigma_clamp: float = sde.DEFAULT_SIGMA_CLAMP,
+    log_prob_reduction: str = "mean",
+    embeddings: PromptEmbeddings | None = None,
+    keep_means: bool = False,
+) -> Trajectories:
+    """Denoise one sample per (prompt, seed) from σ_0 = 1 to 0 and record every state.
+
+    `sde_mask[k]` picks the stochastic `rule` at step k (ODE elsewhere). `trained` (N, T) bool and
+    `chunks` (index tensors covering 0..N-1) describe the coming update's batches; without them
+    the whole batch is one chunk and nothing is trained.
+    """
+    num_samples, num_steps = len(prompts), sigmas.numel() - 1
+    if len(seeds) != num_samples:
+        raise ValueError(f"need one seed per prompt, got {len(seeds)} seeds for {num_samples}")
+    if sde_mask.shape != (num_steps,):
+        raise ValueError(f"sde_mask must have shape ({num_steps},), got {tuple(sde_mask.shape)}")
+    if trained is None:
+        trained = torch.zeros(num_samples, num_steps, dtype=torch.bool)
+    if chunks is None:
+        chunks = [torch.arange(num_samples)]
+    embeddings = model.encode_prompts(prompts) if embeddings is None else embeddings
+    noise_generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+
+    states = torch.empty(num_steps + 1, num_samples, *model.latent_shape, device=model.device)
+    states[0] = initial_noise(model, seeds)
+    log_probs = torch.full((num_steps, num_samples), float("nan"), device=model.device)
+    means = torch.empty_like(states[1:]) if keep_means else None
+    for k in range(num_steps):
+        step_rule = rule if bool(sde_mask[k]) else "ode"
+        sigma, sigma_next = sigmas[k].item(), sigmas[k + 1].item()
+        step_noise = None
+        if step_rule != "ode":
+            step_noise = torch.stack(
+                [torch.randn(model.latent_shape, generator=g) for g in noise_generators]
+            ).to(model.device)
+        for chunk in chunks:
+            for rows in row_batches(chunk, trained[:, k]):
+                x = states[k, rows]
+                sigma_rows = torch.full((rows.numel(),), sigma, device=model.device)
+                velocity = model.velocity(x, sigma_rows, embeddings.select(rows), guidance_scale)
+                out = sde.step(
+                    step_rule,
+                    velocity,
+                    x,
+                    sigma,
+                    sigma_next,
+                    eta=eta,
+                    noise=None if step_noise is None else step_noise[rows],
+                    sigma_clamp=sigma_clamp,
+                    log_prob_reduction=log_prob_reduction,
+                )
+                states[k + 1, rows] = out.prev_sample
+                if means is not None:
+                    means[k, rows] = out.mean
+                if out.log_prob is not None:
+                    log_probs[k, rows] = out.log_prob
+    return Trajectories(list(prompts), list(seeds), states, log_probs, sde_mask.clone(), means)
