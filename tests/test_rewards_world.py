@@ -202,3 +202,11 @@ def test_accepts_other_dtypes_and_clamps_overshoot(clips):
     for name, value in reward(overshoot, PROMPTS[:4]).items():
         assert value.dtype == torch.float32
         torch.testing.assert_close(value, reference[name], atol=0.02, rtol=0)
+
+
+def test_a_nan_clip_scores_nan_without_touching_its_neighbours(clips):
+    broken = clips[:3].clone()
+    broken[1, 2, 3, 4, 0] = float("nan")
+    scores = reward(broken, PROMPTS[:3])
+    for value in scores.values():
+        assert value[1].isnan() and not value[[0, 2]].isnan().any()
