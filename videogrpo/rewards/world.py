@@ -177,14 +177,13 @@ def _distance(planes: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
     return (planes - colour[..., None, None]).square().sum(2).sqrt()
 
 
-def _track(videos: torch.Tensor) -> _Track:
-    planes = videos.permute(0, 1, 4, 2, 3).contiguous()
+def _track(planes: torch.Tensor) -> _Track:
     stride = BACKGROUND_SAMPLE_STRIDE
     samples = planes[..., ::stride, ::stride].transpose(1, 2).flatten(2)
     background = samples.median(dim=-1).values
     background_distance = _distance(planes, background)
-    foreground = (background_distance - FOREGROUND_START) / (FOREGROUND_FULL - FOREGROUND_START)
-    mask = foreground.clamp(0, 1)
+    foreground = background_distance - FOREGROUND_START
+    mask = foreground.div_(FOREGROUND_FULL - FOREGROUND_START).clamp_(0, 1)
     moments = _moments(mask)
 
     # Squared weights favour the object's interior over blended edge pixels.
@@ -200,7 +199,7 @@ def _track(videos: torch.Tensor) -> _Track:
     clip_colour = _weighted_mean(frame_colour, presence.unsqueeze(-1), 1)
 
     # Weighted least-squares slope of the centroid over time; empty frames weigh nothing.
-    time = torch.arange(videos.shape[1], dtype=videos.dtype)
+    time = torch.arange(planes.shape[1], dtype=planes.dtype)
     time = (time - _weighted_mean(time, presence, 1)[:, None]).unsqueeze(-1)  # (B, F, 1)
     weight = presence.unsqueeze(-1)
     centred = moments.centroid - _weighted_mean(moments.centroid, weight, 1)[:, None]
@@ -309,16 +308,21 @@ def _text_alignment(track: _Track, scores: dict[str, torch.Tensor]) -> torch.Ten
     return alignment
 
 
-def _checked(videos: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
-    """The clips as CPU float32 in [0, 1], after checking their layout against the prompts."""
+def _planes(videos: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
+    """The clips as CPU float32 channel planes (B, F, 3, H, W) in [0, 1], after checking them.
+
+    Channel planes make every per-channel operation a contiguous pass; the copy is always fresh,
+    so clamping in place never touches the caller's tensor.
+    """
     if videos.ndim != 5 or videos.shape[-1] != 3:
         raise UserError(f"videos must be (B, F, H, W, 3) in [0, 1]; got {tuple(videos.shape)}")
     if videos.shape[1] < 3:
         raise UserError(f"motion needs at least 3 frames to judge; got {videos.shape[1]}")
     if prompts is not None and len(prompts) != videos.shape[0]:
         raise UserError(f"got {videos.shape[0]} videos but {len(prompts)} prompts")
+    planes = videos.detach().to("cpu", torch.float32).permute(0, 1, 4, 2, 3)
     # Generators overshoot [0, 1] a little; the world's colours all lie inside it.
-    return videos.detach().to("cpu", torch.float32).clamp(0, 1)
+    return planes.clone(memory_format=torch.contiguous_format).clamp_(0, 1)
 
 
 class WorldReward:
@@ -334,7 +338,7 @@ class WorldReward:
     @torch.no_grad()
     def __call__(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         attributes = [parse_prompt(p) for p in prompts]
-        track = _track(_checked(videos, prompts))
+        track = _track(_planes(videos, prompts))
         return {
             "vq": _visual_quality(track),
             "mq": _motion_quality(track),
@@ -345,12 +349,12 @@ class WorldReward:
     def attribute_scores(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         """The per-attribute matches behind ta: background, colour, shape, direction, speed."""
         attributes = [parse_prompt(p) for p in prompts]
-        return _attribute_scores(_track(_checked(videos, prompts)), attributes)
+        return _attribute_scores(_track(_planes(videos, prompts)), attributes)
 
     @torch.no_grad()
     def coherent_object(self, videos: torch.Tensor) -> torch.Tensor:
         """Per clip, whether one compact object of the world's size is in every frame and moves."""
-        track = _track(_checked(videos))
+        track = _track(_planes(videos))
         area = track.moments.area
         in_every_frame = (
             (area >= MIN_OBJECT_AREA)
