@@ -199,7 +199,10 @@ def test_rejects_prompts_outside_the_grammar_and_bad_shapes(clips):
 def test_accepts_other_dtypes_and_clamps_overshoot(clips):
     reference = reward(clips[:4], PROMPTS[:4])
     overshoot = (clips[:4].double() - 0.5) * 1.1 + 0.5
-    for name, value in reward(overshoot, PROMPTS[:4]).items():
+    untouched = overshoot.clone()
+    scores = reward(overshoot, PROMPTS[:4])
+    assert torch.equal(overshoot, untouched)
+    for name, value in scores.items():
         assert value.dtype == torch.float32
         torch.testing.assert_close(value, reference[name], atol=0.02, rtol=0)
 
