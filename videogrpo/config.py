@@ -237,7 +237,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
-            raise UserError(f"config file {str(path)!r} is not valid YAML: {error}") from error
+            reason = " ".join(str(error).split())  # one line: the CLI prints errors as one
+            raise UserError(f"config file {str(path)!r} is not valid YAML: {reason}") from error
     for assignment in overrides or []:
         apply_override(data, assignment)
     return from_dict(TrainConfig, data)

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from typing import Any
 
 from videogrpo.errors import UserError
+
+# PyYAML follows YAML 1.1, which reads `1e-4` (no dot) as a string; it is a number here.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def setting(
@@ -74,6 +78,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if annotation is Any:
         return value
     if annotation is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise UserError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -111,7 +117,8 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
     """Build the dataclass tree `cls` from nested plain data, validating every key and value."""
     data = {} if data is None else data
     if not isinstance(data, dict):
-        raise UserError(f"{prefix or 'config'}: expected a mapping of settings, got {data!r}")
+        where = prefix.rstrip(".") or "config"
+        raise UserError(f"{where}: expected a mapping of settings, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for name in data:
@@ -137,7 +144,7 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
     except UserError:
         raise
     except (TypeError, ValueError) as error:
-        raise UserError(f"{prefix or 'config'}: {error}") from error
+        raise UserError(f"{prefix.rstrip('.') or 'config'}: {error}") from error
     return config
 
 
@@ -160,7 +167,11 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise UserError(f"--set {dotted}: {part!r} is a value, not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        reason = " ".join(str(error).split())
+        raise UserError(f"--set {dotted}: value {raw!r} is not valid YAML ({reason})") from error
 
 
 def describe(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:

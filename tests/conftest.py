@@ -1,0 +1,76 @@
+"""Shared fixtures for the trainer-layer tests: one tiny random TinyWan and tiny run settings.
+
+CPU is scarce, so every trainer test runs a 1-layer Wan at the world's clip size (8×32×32, which
+the renderer and rewards need) with 4 rollout steps, 2 prompts × 2 samples and a 2-prompt eval.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from videogrpo.models.tiny_wan import TinyWan, TinyWanConfig
+from videogrpo.world.grammar import tokenizer_vocabulary
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESETS = sorted(PRESETS_DIR.glob("*.yaml"))
+PRESET_IDS = [path.stem for path in PRESETS]
+
+# Smallest model the world's clips allow: 8 frames of 32×32 RGB, 1 block of 2 heads × 12 dims.
+TINY_CONFIG = TinyWanConfig(
+    num_layers=1,
+    num_attention_heads=2,
+    attention_head_dim=12,
+    ffn_dim=48,
+    text_dim=16,
+    text_num_layers=1,
+    text_num_heads=2,
+    text_ffn_dim=32,
+    freq_dim=16,
+)
+
+# A held-out prompt of the world's grammar (the `sample` and `eval` CLI tests use it).
+HELDOUT_PROMPT = "a red square moving left slowly on a black background"
+
+
+def tiny_settings(model_dir: Path, output_dir: Path, iterations: int = 2) -> list[str]:
+    """`--set` overrides that shrink any preset to seconds on a CPU (the preset's method kept)."""
+    return [
+        f"model.path={model_dir}",
+        "model.lora_rank=4",
+        "model.lora_alpha=8",
+        f"run.output_dir={output_dir}",
+        f"run.iterations={iterations}",
+        "run.videos_every=0",
+        "sampling.num_steps=4",
+        "selection.window_size=2",  # mixgrpo: 3 SDE steps of 4 (the last is ODE)
+        "selection.window_every=1",  # ... and the window moves every iteration
+        "data.prompts_per_iteration=2",
+        "data.group_size=2",
+        "eval.max_prompts=2",
+        "eval.samples_per_prompt=1",
+        "eval.num_steps=2",
+        "eval.videos=1",
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small random (unpretrained) TinyWan saved with save_pretrained; seed 0, deterministic."""
+    directory = tmp_path_factory.mktemp("tiny_wan")
+    model = TinyWan(TINY_CONFIG, tokenizer_vocabulary())
+    model.requires_grad_(False)
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a busy 2-core machine tiny matmuls with 2 threads run ~30× slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
