@@ -1,0 +1,297 @@
+"""The GRPO loop and the run on disk, on a tiny random TinyWan with every preset.
+
+Guards DESIGN.md invariants: ratio exactly 1 on the first replay, the moving anchor is a copy,
+equalizer factors as measured with autograd, resume = never stopping, and the LoRA export loads
+into diffusers as the trained policy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import PRESET_IDS, PRESETS, PRESETS_DIR, tiny_settings
+
+import videogrpo.trainer as trainer_module
+import videogrpo.update as update_module
+from videogrpo.checkpoint import load_state
+from videogrpo.config import load_config
+from videogrpo.core import equalizer, schedule
+from videogrpo.models.tiny_wan import TinyWan
+from videogrpo.prompts import load_prompts
+from videogrpo.references import MovingAnchor
+from videogrpo.rollout import initial_noise
+from videogrpo.run import apply_run_weights, load_model, load_reward, train
+from videogrpo.trainer import GRPOTrainer
+from videogrpo.world.grammar import HELDOUT_PROMPTS
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+EVAL_KEYS = {"vq", "mq", "ta", "composite"}
+
+
+def make_trainer(model_dir, output_dir, preset: str = "sage", overrides=()) -> GRPOTrainer:
+    """A GRPOTrainer as run.train builds it (same seed before the LoRA init), without the disk."""
+    settings = tiny_settings(model_dir, output_dir) + list(overrides)
+    config = load_config(PRESETS_DIR / f"{preset}.yaml", settings)
+    torch.manual_seed(config.run.seed)
+    model = load_model(config)
+    return GRPOTrainer(config, model, load_reward(config), load_prompts(config.data.prompts))
+
+
+class ReplayLog:
+    """Records (log π_θ, log π_old) of every clipped-loss call, split by optimizer step.
+
+    `updates[i][j]` lists the calls of minibatch j of the i-th policy update.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.updates: list[list[list[tuple[torch.Tensor, torch.Tensor]]]] = []
+        original_update = trainer_module.policy_update
+        original_loss = update_module.clipped_policy_loss
+
+        def policy_update(*args, after_step, **kwargs):
+            self.updates.append([[]])
+
+            def step_taken(kl: float) -> None:
+                self.updates[-1].append([])
+                after_step(kl)
+
+            return original_update(*args, after_step=step_taken, **kwargs)
+
+        def clipped_policy_loss(log_prob, old_log_prob, *args, **kwargs):
+            self.updates[-1][-1].append((log_prob.detach().clone(), old_log_prob.clone()))
+            return original_loss(log_prob, old_log_prob, *args, **kwargs)
+
+        monkeypatch.setattr(trainer_module, "policy_update", policy_update)
+        monkeypatch.setattr(update_module, "clipped_policy_loss", clipped_policy_loss)
+
+    def minibatches(self, update: int) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        return [calls for calls in self.updates[update] if calls]
+
+
+def non_time_metrics(record: dict) -> dict:
+    return {key: value for key, value in record.items() if not key.startswith("time/")}
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------- ratio = 1
+
+
+@pytest.mark.parametrize("preset", PRESET_IDS)
+def test_first_optimizer_step_replays_at_ratio_exactly_one(
+    tiny_model_dir, tmp_path, preset, monkeypatch
+):
+    """One optimizer step per rollout: every replayed log-prob equals the stored one bitwise, so
+    ratio_mean is exactly 1.0 and nothing is clipped, also in iteration 2 after the policy moved."""
+    log = ReplayLog(monkeypatch)
+    trainer = make_trainer(tiny_model_dir, tmp_path, preset, ["optim.minibatches=1"])
+    for iteration in range(2):
+        metrics = trainer.step().metrics
+        assert metrics["optim/steps"] == 1
+        assert metrics["policy/ratio_mean"] == 1.0 and metrics["policy/ratio_max"] == 1.0
+        assert metrics["policy/clip_frac"] == 0.0 and metrics["policy/approx_kl"] == 0.0
+        (calls,) = log.minibatches(iteration)
+        for log_prob, old_log_prob in calls:
+            assert torch.equal(log_prob, old_log_prob)
+
+
+# ---------------------------------------------------------------------- presets on disk
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=PRESET_IDS)
+def test_every_preset_runs_two_iterations_and_writes_its_run_directory(
+    tiny_model_dir, tmp_path, preset, monkeypatch
+):
+    """Each preset end to end through run.train, with 2 minibatches per rollout: the FIRST
+    minibatch replays at ratio exactly 1, the second sees the moved policy."""
+    log = ReplayLog(monkeypatch)
+    overrides = tiny_settings(tiny_model_dir, tmp_path) + ["run.name=run", "optim.minibatches=2"]
+    result = train(preset, overrides, progress=False)
+    run_dir = result.run_dir
+    assert run_dir == tmp_path / "run"
+
+    assert len(log.updates) == 2
+    moved = False
+    for update in range(2):
+        first, *later = log.minibatches(update)
+        assert first and later
+        for log_prob, old_log_prob in first:
+            assert torch.equal(log_prob, old_log_prob)
+        moved |= any(not torch.equal(new, old) for calls in later for new, old in calls)
+    assert moved, "the second minibatch should see the policy moved by the first step"
+
+    assert load_config(run_dir / "config.yaml") == load_config(preset, overrides)
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    assert [m["iteration"] for m in metrics] == [1, 2]
+    assert all(m["optim/steps"] == 2 and math.isfinite(m["reward/composite_mean"]) for m in metrics)
+    evals = read_jsonl(run_dir / "eval.jsonl")
+    assert [e["iteration"] for e in evals] == [0, 2] and evals[0].keys() >= EVAL_KEYS
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary == result.summary
+    assert {"config", "iterations", "eval_before", "eval_after", "wall_seconds"} <= summary.keys()
+    assert summary["iterations"] == 2
+    assert summary["eval_before"].keys() == summary["eval_after"].keys() == EVAL_KEYS
+    assert summary["config"]["sampling"]["rule"] == load_config(preset).sampling.rule
+
+    report = (run_dir / "report.html").read_text()
+    assert report.rstrip().endswith("</html>")
+    assert list((run_dir / "lora").glob("*.safetensors"))
+    assert load_state(run_dir / "checkpoint")["trainer"]["iteration"] == 2
+    assert (run_dir / "eval_videos" / "iter_000000" / "000.gif").is_file()
+
+
+# ---------------------------------------------------------------------- moving anchor
+
+
+def test_moving_anchor_is_a_copy_and_refreshes_at_iteration_start(tiny_model_dir, tmp_path):
+    """anchor_every=2, one optimizer step per iteration: the anchor keeps the initial weights
+    while the policy moves (KL to it > 0), and becomes the policy at the start of iteration 3."""
+    trainer = make_trainer(
+        tiny_model_dir, tmp_path, "sage", ["kl.anchor_every=2", "optim.minibatches=1"]
+    )
+    initial = trainer.model.trainable_state_dict()
+
+    def anchor_equals(weights) -> bool:
+        return all(torch.equal(trainer.anchor.weights[n], weights[n]) for n in weights)
+
+    first = trainer.step().metrics
+    assert trainer.optimizer_steps == 1 and trainer.anchor.refreshed_at == 0
+    after_one = trainer.model.trainable_state_dict()
+    assert any(not torch.equal(after_one[n], initial[n]) for n in initial), "policy must move"
+    assert anchor_equals(initial), "an optimizer step changed the anchor: it aliases the policy"
+    assert first["kl/pos"] == 0.0  # anchor = policy at that rollout, replayed in the same batch
+
+    second = trainer.step().metrics  # starts at 1 step < 2: no refresh
+    assert trainer.anchor.refreshed_at == 0 and anchor_equals(initial)
+    assert second["kl/pos"] > 0.0  # the moved policy is measured against the old anchor
+    after_two = trainer.model.trainable_state_dict()
+
+    third = trainer.step().metrics  # starts at 2 steps ≥ 2: refresh to the policy of that moment
+    assert trainer.anchor.refreshed_at == 2 and anchor_equals(after_two)
+    assert third["kl/pos"] == 0.0
+    assert not anchor_equals(trainer.model.trainable_state_dict())
+
+
+def test_anchor_refreshes_once_every_steps_have_passed(tiny_model_dir):
+    model = TinyWan.from_pretrained(tiny_model_dir)
+    model.enable_lora(rank=2, alpha=2.0)
+    anchor = MovingAnchor(model, every=3)
+    history = []
+    for optimizer_steps in (0, 2, 4, 6, 7, 9, 10):  # iteration starts with 2 steps per rollout
+        anchor.maybe_refresh(model, optimizer_steps)
+        history.append(anchor.refreshed_at)
+    assert history == [0, 0, 4, 4, 7, 7, 10]
+
+
+# ---------------------------------------------------------------------- equalizer
+
+
+def test_equalizer_scales_each_steps_gradient_norm_by_its_factor(tiny_model_dir, tmp_path):
+    """With the equalizer, after/before = S_k per trained step, and `before` is the per-step
+    velocity-gradient norm that the same run measures without the equalizer (rel. 1e-5)."""
+    plain = ["kl.reference=none", "optim.minibatches=1"]
+    on = make_trainer(tiny_model_dir, tmp_path, "sage", plain).step().metrics
+    off = make_trainer(tiny_model_dir, tmp_path, "sage", [*plain, "policy.equalizer=false"])
+    off = off.step().metrics
+    factors = equalizer.factors("sage", schedule.sigmas(4, 3.0), 0.5, 3e-3)
+    steps = sorted(int(k.rsplit("/", 1)[1]) for k in on if k.startswith("grad/step_norm_after/"))
+    assert steps == [0, 1, 2]  # every SDE step; the last step is deterministic
+    assert float(factors[:3].max() / factors[:3].min()) > 1.5  # the factors really differ
+    for k in steps:
+        before, after = on[f"grad/step_norm_before/{k}"], on[f"grad/step_norm_after/{k}"]
+        assert before > 0
+        assert after / before == pytest.approx(float(factors[k]), rel=1e-6)
+        assert before == pytest.approx(off[f"grad/step_norm_after/{k}"], rel=1e-5)
+        assert off[f"grad/step_norm_before/{k}"] == off[f"grad/step_norm_after/{k}"]
+
+
+# ---------------------------------------------------------------------- resume
+
+
+def test_resume_gives_the_same_iterations_as_never_stopping(tiny_model_dir, tmp_path):
+    """4 iterations straight vs 2, stop, `train(resume=...)` with run.iterations=4: bitwise
+    equal non-time metrics for iterations 3-4, final weights, anchor and held-out eval.
+
+    selfpaced exercises every piece of resumable state: optimizer (2 steps per rollout), moving
+    anchor (refreshed every step), adaptive KL controller, curriculum EMA, data/selection RNGs."""
+    common = tiny_settings(tiny_model_dir, tmp_path) + ["kl.anchor_every=1", "optim.minibatches=2"]
+    preset = PRESETS_DIR / "selfpaced.yaml"
+    straight = train(preset, [*common, "run.iterations=4", "run.name=straight"], progress=False)
+    stopped = train(preset, [*common, "run.iterations=2", "run.name=stopped"], progress=False)
+    resumed = train(resume=stopped.run_dir, overrides=["run.iterations=4"], progress=False)
+    assert resumed.run_dir == stopped.run_dir and resumed.summary["iterations"] == 4
+
+    expected = read_jsonl(straight.run_dir / "metrics.jsonl")
+    got = read_jsonl(resumed.run_dir / "metrics.jsonl")
+    assert [m["iteration"] for m in got] == [1, 2, 3, 4]
+    for want, have in zip(expected[2:], got[2:], strict=True):
+        want, have = non_time_metrics(want), non_time_metrics(have)
+        assert want.keys() == have.keys()
+        for key in want:
+            assert have[key] == want[key], key
+
+    final = load_state(straight.run_dir / "checkpoint")["trainer"]
+    resumed_final = load_state(resumed.run_dir / "checkpoint")["trainer"]
+    assert final["weights"].keys() == resumed_final["weights"].keys()
+    for name, weight in final["weights"].items():
+        assert torch.equal(resumed_final["weights"][name], weight), name
+    for name, weight in final["anchor"]["weights"].items():
+        assert torch.equal(resumed_final["anchor"]["weights"][name], weight), name
+    assert resumed.summary["eval_before"] == straight.summary["eval_before"]
+    assert resumed.summary["eval_after"] == straight.summary["eval_after"]
+
+
+# ---------------------------------------------------------------------- LoRA export
+
+
+def test_exported_lora_loads_into_diffusers_as_the_trained_policy(tiny_model_dir, tmp_path):
+    """run_dir/lora goes into WanPipeline.load_lora_weights of the same base model; one
+    denoising step then differs from the base and equals our trained policy's (1e-4 abs)."""
+    overrides = tiny_settings(tiny_model_dir, tmp_path) + [
+        "run.iterations=1", "run.name=lora", "optim.lr=1e-2",
+    ]  # fmt: skip
+    run_dir = train(PRESETS_DIR / "sage.yaml", overrides, progress=False).run_dir
+    weights = load_state(run_dir / "checkpoint")["trainer"]["weights"]
+    lora_b = [w for name, w in weights.items() if "lora_B" in name]
+    assert lora_b and max(float(w.abs().max()) for w in lora_b) > 1e-3  # training moved B
+
+    prompt = HELDOUT_PROMPTS[0]
+    base_model = TinyWan.from_pretrained(tiny_model_dir)
+    pipe = base_model.to_diffusers_pipeline()  # shares base_model's modules
+    pipe.set_progress_bar_config(disable=True)
+    noise = initial_noise(base_model, [3])
+
+    def one_step() -> torch.Tensor:
+        return pipe(
+            prompt=prompt,
+            latents=noise.clone(),
+            num_inference_steps=1,
+            guidance_scale=1.0,
+            output_type="latent",
+            max_sequence_length=base_model.config.max_text_len,
+            height=64,
+            width=64,
+            num_frames=1,
+        ).frames
+
+    base = one_step()
+    pipe.load_lora_weights(str(run_dir / "lora"))
+    adapted = one_step()
+    assert (adapted - base).abs().max() > 1e-3
+
+    policy = TinyWan.from_pretrained(tiny_model_dir)
+    apply_run_weights(policy, run_dir)
+    sigma_from, sigma_to = pipe.scheduler.sigmas[:2].tolist()
+    velocity = policy.velocity(
+        noise, torch.tensor([sigma_from]), policy.encode_prompts([prompt]), 1.0
+    )
+    torch.testing.assert_close(
+        adapted, noise + (sigma_to - sigma_from) * velocity, atol=1e-4, rtol=0
+    )
