@@ -17,6 +17,7 @@ from videogrpo.core import advantage, equalizer, schedule, sde
 from videogrpo.core.curriculum import RewardCurriculum, build_curriculum
 from videogrpo.core.kl import KLSchedule, make_kl_schedule
 from videogrpo.core.selection import StepSelector, make_selection
+from videogrpo.errors import UserError
 from videogrpo.models.base import VideoGenerator
 from videogrpo.references import MovingAnchor, needs_reference_means, reference_context
 from videogrpo.rewards.base import RewardModel
@@ -138,6 +139,15 @@ class GRPOTrainer:
             stepwise_estimator=config.kl.stepwise_estimator,
         )
         self.selector = selector_from_config(config)
+        try:  # settings valid one by one may be impossible together: fail before the run starts
+            self.selector.select(
+                sampling.num_steps, 1, generator=torch.Generator(), stochastic=self.stochastic
+            )
+        except ValueError as error:
+            raise UserError(
+                f"selection.strategy {config.selection.strategy!r} with sampling.num_steps = "
+                f"{sampling.num_steps}: {error}"
+            ) from error
         self.kl_schedule = kl_schedule_from_config(config)
         self.curriculum = curriculum_from_config(config)
         self.optimizer = torch.optim.AdamW(
