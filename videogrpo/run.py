@@ -87,6 +87,15 @@ def load_reward(config: TrainConfig) -> RewardModel:
     return reward
 
 
+def check_prompts(config: TrainConfig, prompts: list[str]) -> None:
+    """The world reward scores only its grammar: reject other prompts before the run starts."""
+    if config.reward.name == "world":
+        from videogrpo.world.grammar import parse_prompt
+
+        for prompt in dict.fromkeys(prompts):
+            parse_prompt(prompt)
+
+
 def run_eval(trainer: GRPOTrainer, eval_prompts: list[str]) -> EvalResult:
     config = trainer.config
     return evaluate(
@@ -184,6 +193,7 @@ def train(
         eval_prompts = eval_prompts[: config.eval.max_prompts]
     model = load_model(config)
     reward = load_reward(config)
+    check_prompts(config, [*train_prompts, *eval_prompts])
     trainer = GRPOTrainer(config, model, reward, train_prompts)
 
     run_dir.mkdir(parents=True, exist_ok=True)
