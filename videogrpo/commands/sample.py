@@ -37,6 +37,13 @@ def run(args: argparse.Namespace) -> int:
         from videogrpo.run import apply_run_weights
 
         apply_run_weights(model, Path(args.run))
+    for prompt in args.prompt:  # an unknown word would silently become <unk>
+        if model.tokenizer.unk_token_id in model.tokenizer(prompt).input_ids:
+            unknown = [word for word in prompt.lower().split() if word not in model.vocabulary]
+            raise UserError(
+                f"prompt {prompt!r} has words the model does not know ({', '.join(unknown)}); "
+                f"its vocabulary: {', '.join(model.vocabulary)}"
+            )
     sigmas = schedule.sigmas(args.steps, args.shift)
     sde_mask = torch.full((args.steps,), args.rule != "ode")
     try:
