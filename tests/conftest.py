@@ -6,6 +6,8 @@ the renderer and rewards need) with 4 rollout steps, 2 prompts × 2 samples and 
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,21 @@ def tiny_settings(model_dir: Path, output_dir: Path, iterations: int = 2) -> lis
         "eval.num_steps=2",
         "eval.videos=1",
     ]
+
+
+def setting_keys(cls: type | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the training config tree (sections recursed, leaves listed)."""
+    from videogrpo.config import TrainConfig
+
+    cls = TrainConfig if cls is None else cls
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[field.name]):
+            keys += setting_keys(hints[field.name], f"{prefix}{field.name}.")
+        else:
+            keys.append(f"{prefix}{field.name}")
+    return keys
 
 
 @pytest.fixture(scope="session")

@@ -6,28 +6,13 @@ every preset under configs/ loads as it is.
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-
 import pytest
 import yaml
-from conftest import PRESET_IDS, PRESETS
+from conftest import PRESET_IDS, PRESETS, setting_keys
 
 from videogrpo.config import TrainConfig, config_to_yaml, load_config
 from videogrpo.config_schema import describe
 from videogrpo.errors import UserError
-
-
-def setting_keys(cls: type = TrainConfig, prefix: str = "") -> list[str]:
-    """Every dotted key of the config tree (sections recursed, leaves listed)."""
-    keys = []
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[field.name]):
-            keys += setting_keys(hints[field.name], f"{prefix}{field.name}.")
-        else:
-            keys.append(f"{prefix}{field.name}")
-    return keys
 
 
 def user_error(overrides: list[str], path=None) -> str:
