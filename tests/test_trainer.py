@@ -295,3 +295,14 @@ def test_exported_lora_loads_into_diffusers_as_the_trained_policy(tiny_model_dir
     torch.testing.assert_close(
         adapted, noise + (sigma_to - sigma_from) * velocity, atol=1e-4, rtol=0
     )
+
+
+def test_logged_learning_rate_is_the_one_used_during_warmup(tiny_model_dir, tmp_path):
+    """Guards the bug where optim/lr was read after the iteration counter moved on, so warm-up
+    logged the NEXT iteration's rate (3e-4 instead of 1.5e-4 at iteration 1 of a 2-it ramp)."""
+    trainer = make_trainer(tiny_model_dir, tmp_path, "cps", ["optim.warmup_iterations=2"])
+    lr = trainer.config.optim.lr
+    for expected in (lr / 2, lr, lr):
+        metrics = trainer.step().metrics
+        assert trainer.optimizer.param_groups[0]["lr"] == expected
+        assert metrics["optim/lr"] == expected

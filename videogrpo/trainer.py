@@ -322,7 +322,7 @@ class GRPOTrainer:
         metrics.update(timings)
         metrics.update(self.reward_metrics(components, weighted.composite))
         metrics.update({f"curriculum/{k}": v for k, v in weighted.diagnostics.items()})
-        metrics["optim/lr"] = self.learning_rate()
+        metrics["optim/lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         return IterationResult(metrics, prompts, videos, components, advantages)
 
     def reward_metrics(self, components: dict[str, Tensor], composite: Tensor) -> dict[str, float]:
