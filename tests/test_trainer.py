@@ -24,6 +24,7 @@ from videogrpo.prompts import load_prompts
 from videogrpo.references import MovingAnchor
 from videogrpo.rollout import initial_noise
 from videogrpo.run import apply_run_weights, load_model, load_reward, train
+from videogrpo.tracking import MetricsLog
 from videogrpo.trainer import GRPOTrainer
 from videogrpo.world.grammar import HELDOUT_PROMPTS
 
@@ -215,19 +216,8 @@ def test_equalizer_scales_each_steps_gradient_norm_by_its_factor(tiny_model_dir,
 # ---------------------------------------------------------------------- resume
 
 
-def test_resume_gives_the_same_iterations_as_never_stopping(tiny_model_dir, tmp_path):
-    """4 iterations straight vs 2, stop, `train(resume=...)` with run.iterations=4: bitwise
-    equal non-time metrics for iterations 3-4, final weights, anchor and held-out eval.
-
-    selfpaced exercises every piece of resumable state: optimizer (2 steps per rollout), moving
-    anchor (refreshed every step), adaptive KL controller, curriculum EMA, data/selection RNGs."""
-    common = tiny_settings(tiny_model_dir, tmp_path) + ["kl.anchor_every=1", "optim.minibatches=2"]
-    preset = PRESETS_DIR / "selfpaced.yaml"
-    straight = train(preset, [*common, "run.iterations=4", "run.name=straight"], progress=False)
-    stopped = train(preset, [*common, "run.iterations=2", "run.name=stopped"], progress=False)
-    resumed = train(resume=stopped.run_dir, overrides=["run.iterations=4"], progress=False)
-    assert resumed.run_dir == stopped.run_dir and resumed.summary["iterations"] == 4
-
+def assert_same_continuation(straight, resumed) -> None:
+    """Iterations 3-4 and the end state of `resumed` are bitwise those of `straight`."""
     expected = read_jsonl(straight.run_dir / "metrics.jsonl")
     got = read_jsonl(resumed.run_dir / "metrics.jsonl")
     assert [m["iteration"] for m in got] == [1, 2, 3, 4]
@@ -244,8 +234,42 @@ def test_resume_gives_the_same_iterations_as_never_stopping(tiny_model_dir, tmp_
         assert torch.equal(resumed_final["weights"][name], weight), name
     for name, weight in final["anchor"]["weights"].items():
         assert torch.equal(resumed_final["anchor"]["weights"][name], weight), name
+    assert resumed.summary["iterations"] == 4
     assert resumed.summary["eval_before"] == straight.summary["eval_before"]
     assert resumed.summary["eval_after"] == straight.summary["eval_after"]
+
+
+def test_resume_gives_the_same_iterations_as_never_stopping(tiny_model_dir, tmp_path, monkeypatch):
+    """4 iterations straight vs (a) 2, stop, `train(resume=...)` with run.iterations=4, and
+    (b) a crash during iteration 3 with checkpoints every 2, resumed as is: bitwise equal
+    non-time metrics for iterations 3-4, final weights, anchor and held-out eval.
+
+    selfpaced exercises every piece of resumable state: optimizer (2 steps per rollout), moving
+    anchor (refreshed every step), adaptive KL controller, curriculum EMA, data/selection RNGs."""
+    common = tiny_settings(tiny_model_dir, tmp_path) + ["kl.anchor_every=1", "optim.minibatches=2"]
+    preset = PRESETS_DIR / "selfpaced.yaml"
+    straight = train(preset, [*common, "run.iterations=4", "run.name=straight"], progress=False)
+
+    stopped = train(preset, [*common, "run.iterations=2", "run.name=stopped"], progress=False)
+    resumed = train(resume=stopped.run_dir, overrides=["run.iterations=4"], progress=False)
+    assert resumed.run_dir == stopped.run_dir
+    assert_same_continuation(straight, resumed)
+
+    write = MetricsLog.write
+
+    def crash_after_iteration_3(self, iteration, values, *args, **kwargs):
+        write(self, iteration, values, *args, **kwargs)
+        if self.path.name == "metrics.jsonl" and iteration == 3:
+            raise KeyboardInterrupt
+
+    crashed = [*common, "run.iterations=4", "run.checkpoint_every=2", "run.name=crashed"]
+    with monkeypatch.context() as patch:
+        patch.setattr(MetricsLog, "write", crash_after_iteration_3)
+        with pytest.raises(KeyboardInterrupt):
+            train(preset, crashed, progress=False)
+    run_dir = tmp_path / "crashed"
+    assert len(read_jsonl(run_dir / "metrics.jsonl")) == 3  # iteration 3 logged, not saved
+    assert_same_continuation(straight, train(resume=run_dir, progress=False))
 
 
 # ---------------------------------------------------------------------- LoRA export
