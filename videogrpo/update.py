@@ -160,9 +160,9 @@ def policy_update(
                 sums["policy/ratio_mean"] += float(stats.ratio_mean) * n
                 sums["policy/ratio_max"] = max(sums["policy/ratio_max"], float(stats.ratio_max))
                 for name, value in terms.items():
-                    sums[f"kl/{name}"] += float(value) * n
+                    sums[f"kl/{name}"] += float(value.detach()) * n
                 if kl is not None:
-                    step_kl += float(kl) * n / pairs
+                    step_kl += float(kl.detach()) * n / pairs
                 total_pairs += n
             grad_norm = torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip)
             sums["grad/norm"] += float(grad_norm)
