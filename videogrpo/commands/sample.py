@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "Generate videos from prompts with the embedded default (or a model folder / LoRA)."
+HELP = "Generate videos from prompts with the embedded default, a model folder or a run."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
