@@ -10,9 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
-from torch import Tensor
-
 from videogrpo.models.base import VideoGenerator
 
 
@@ -62,8 +59,3 @@ def reference_context(model: VideoGenerator, reference: str, anchor: MovingAncho
 def needs_reference_means(reference: str) -> bool:
     """Whether the KL term compares against another policy's means at the trained steps."""
     return reference in ("fixed", "moving", "dual")
-
-
-def empty_means(like: Tensor) -> Tensor:
-    """Storage for μ_ref at (step, sample), NaN where no trained step asked for it."""
-    return torch.full_like(like, float("nan"))

@@ -25,6 +25,7 @@ from videogrpo.checkpoint import (
     write_text_atomically,
 )
 from videogrpo.config import TrainConfig, config_to_yaml, load_config
+from videogrpo.config_schema import to_dict
 from videogrpo.errors import UserError
 from videogrpo.evaluation import EvalResult, evaluate
 from videogrpo.models.base import VideoGenerator
@@ -61,6 +62,16 @@ def load_model(config: TrainConfig) -> VideoGenerator:
     path = config.model.path
     model = load_default() if path is None else TinyWan.from_pretrained(path)
     return enable_training_mode(model, config)
+
+
+def load_for_inference(model_dir: str | None, run_dir: str | None) -> VideoGenerator:
+    """A base model (the embedded default or a folder), with a run's trained weights if given."""
+    from videogrpo.models.tiny_wan import TinyWan, load_default
+
+    model = load_default() if model_dir is None else TinyWan.from_pretrained(model_dir)
+    if run_dir is not None:
+        apply_run_weights(model, Path(run_dir))
+    return model
 
 
 def apply_run_weights(model: VideoGenerator, run_dir: Path) -> None:
@@ -260,7 +271,7 @@ def train(
     if config.model.finetune == "lora":
         write_atomically(run_dir / "lora", trainer.model.save_lora)
     summary = {
-        "config": json.loads(json.dumps(config_to_dict(config))),
+        "config": to_dict(config),
         "iterations": trainer.iteration,
         "eval_before": eval_before,
         "eval_after": summary_of(after),
@@ -272,9 +283,3 @@ def train(
 
     write_report(run_dir)
     return RunResult(run_dir, summary)
-
-
-def config_to_dict(config: TrainConfig) -> dict:
-    from videogrpo.config_schema import to_dict
-
-    return to_dict(config)

@@ -52,11 +52,6 @@ class MetricsLog:
                     self._writer.add_scalar(tensorboard_prefix + key, value, iteration)
             self._writer.flush()
 
-    def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()

@@ -32,18 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from videogrpo.errors import UserError
     from videogrpo.evaluation import evaluate
-    from videogrpo.models.tiny_wan import TinyWan, load_default
     from videogrpo.prompts import load_prompts
     from videogrpo.rewards.world import WorldReward
+    from videogrpo.run import load_for_inference
     from videogrpo.video_io import write_gif
 
     if args.samples_per_prompt < 1 or args.steps < 1:
         raise UserError("--samples-per-prompt and --steps must be at least 1")
-    model = load_default() if args.model is None else TinyWan.from_pretrained(args.model)
-    if args.run:
-        from videogrpo.run import apply_run_weights
-
-        apply_run_weights(model, Path(args.run))
+    model = load_for_inference(args.model, args.run)
     prompts = load_prompts(args.prompts)
     if args.max_prompts:
         prompts = prompts[: args.max_prompts]

@@ -26,17 +26,13 @@ def run(args: argparse.Namespace) -> int:
 
     from videogrpo.core import schedule
     from videogrpo.errors import UserError
-    from videogrpo.models.tiny_wan import TinyWan, load_default
     from videogrpo.rollout import sample_trajectories
+    from videogrpo.run import load_for_inference
     from videogrpo.video_io import video_grid, write_gif, write_mp4
 
     if args.steps < 1:
         raise UserError(f"--steps {args.steps}: need at least 1 step")
-    model = load_default() if args.model is None else TinyWan.from_pretrained(args.model)
-    if args.run:
-        from videogrpo.run import apply_run_weights
-
-        apply_run_weights(model, Path(args.run))
+    model = load_for_inference(args.model, args.run)
     for prompt in args.prompt:  # an unknown word would silently become <unk>
         if model.tokenizer.unk_token_id in model.tokenizer(prompt).input_ids:
             unknown = [word for word in prompt.lower().split() if word not in model.vocabulary]
