@@ -52,6 +52,10 @@ class PretrainConfig:
     eval_prompts: int = 40
     eval_steps: int = 10
     shift: float = 3.0
+    # Logit-normal σ: logit(σ) ~ N(mean, std). JiT's setting for clean-prediction models (its
+    # P_mean −0.8 on the clean fraction 1 − σ), which leans towards noisy inputs.
+    sigma_logit_mean: float = 0.8
+    sigma_logit_std: float = 0.8
     checkpoint_every: int = 250
     seed: int = 0
     threads: int = 0
@@ -66,17 +70,24 @@ def learning_rate(config: PretrainConfig, step: int) -> float:
     return config.lr * (config.min_lr_fraction + (1 - config.min_lr_fraction) * cosine)
 
 
-def sample_sigmas(batch: int, generator: torch.Generator) -> torch.Tensor:
-    """Logit-normal σ (SD3's choice): most weight on mid noise levels, where layout is learned."""
-    return torch.sigmoid(torch.randn(batch, generator=generator))
+def sample_sigmas(config: PretrainConfig, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """Logit-normal σ (SD3, JiT): most weight on mid-to-high noise, where layout is learned."""
+    logits = config.sigma_logit_mean + config.sigma_logit_std * torch.randn(
+        batch, generator=generator
+    )
+    return torch.sigmoid(logits)
 
 
 def flow_matching_loss(
-    model: TinyWan, prompts: list[str], videos: torch.Tensor, generator: torch.Generator
+    model: TinyWan,
+    prompts: list[str],
+    videos: torch.Tensor,
+    generator: torch.Generator,
+    config: PretrainConfig,
 ) -> torch.Tensor:
     x0 = model.encode_videos(videos)
     noise = torch.randn(x0.shape, generator=generator)
-    sigma = sample_sigmas(x0.shape[0], generator)
+    sigma = sample_sigmas(config, x0.shape[0], generator)
     view = sigma.reshape(-1, 1, 1, 1, 1)
     noisy = (1 - view) * x0 + view * noise
     embeddings = model.encode_prompts(prompts)
@@ -159,7 +170,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") ->
         ]
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        loss = flow_matching_loss(model, prompts, videos, generator)
+        loss = flow_matching_loss(model, prompts, videos, generator, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

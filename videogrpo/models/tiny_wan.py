@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from videogrpo.errors import UserError
 from videogrpo.models.base import DEFAULT_TIMESTEP_SCALE, PromptEmbeddings, guided_velocity
+from videogrpo.models.clean_prediction import CleanPredictionWanTransformer
 from videogrpo.models.lora import (
     WAN_LORA_TARGET_MODULES,
     adapters_disabled,
@@ -36,6 +37,11 @@ WEIGHTS_FILE = "model.safetensors"
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_wan"
 # Wan 2.1's sampling shift in the reference implementations (ALGORITHMS §1).
 WAN_FLOW_SHIFT = 3.0
+# The network's output parametrisation → the transformer class that turns it into a velocity.
+TRANSFORMER_CLASSES: dict[str, type[WanTransformer3DModel]] = {
+    "clean": CleanPredictionWanTransformer,
+    "velocity": WanTransformer3DModel,
+}
 # Longest error reason quoted in a one-line UserError.
 MAX_REASON_CHARS = 160
 
@@ -65,6 +71,9 @@ class TinyWanConfig:
     text_ffn_dim: int = 128
     max_text_len: int = 16  # tokens incl. </s>; the synthetic prompts are ~10 words
     negative_prompt: str = ""
+    # What the network outputs: "clean" (x̂₀, converted to velocity inside the transformer; see
+    # models/clean_prediction.py) or "velocity" (plain Wan). Both are velocity models outside.
+    prediction: str = "clean"
     seed: int = 0  # initialisation of a fresh (unpretrained) model
 
     def __post_init__(self) -> None:
@@ -79,6 +88,10 @@ class TinyWanConfig:
         ):
             if patch <= 0 or size % patch:
                 raise UserError(f"{name}={size} must be a multiple of its patch size {patch}")
+        if self.prediction not in TRANSFORMER_CLASSES:
+            raise UserError(
+                f"prediction={self.prediction!r} is not one of {sorted(TRANSFORMER_CLASSES)}"
+            )
         rope_spatial = 2 * (self.attention_head_dim // 6)
         if self.attention_head_dim % 2 or rope_spatial == 0:
             raise UserError(
@@ -118,7 +131,7 @@ class TinyWan(nn.Module):
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed + 1)  # a stream of its own, apart from the text encoder
-            self.transformer = WanTransformer3DModel(
+            self.transformer = TRANSFORMER_CLASSES[config.prediction](
                 patch_size=config.patch_size,
                 num_attention_heads=config.num_attention_heads,
                 attention_head_dim=config.attention_head_dim,
