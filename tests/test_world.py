@@ -147,7 +147,8 @@ def test_start_positions_vary_with_the_seed():
     attributes = [Attributes("red", "square", "right", "slowly", "black")] * 64
     clips = render(attributes, torch.Generator().manual_seed(0))
     first_object_pixel = {int(c[0].flatten().nonzero()[0]) for c in clips}
-    assert len(first_object_pixel) > 10
+    # 5 × 5 jittered starts around the centre; 64 draws miss few of the 25.
+    assert len(first_object_pixel) > 15
 
 
 def test_a_path_that_does_not_fit_is_a_user_error():

@@ -59,7 +59,7 @@ class TinyWanConfig:
     height: int = 32
     width: int = 32
     channels: int = 3  # RGB pixels: the identity autoencoder has no latent channels of its own
-    patch_size: tuple[int, int, int] = (1, 8, 8)  # (frames, height, width) per token
+    patch_size: tuple[int, int, int] = (2, 8, 8)  # (frames, height, width) per token
     num_layers: int = 4
     num_attention_heads: int = 4
     attention_head_dim: int = 48  # rope splits it into t/h/w parts: 16 + 16 + 16
