@@ -58,6 +58,28 @@ def test_yaml_then_overrides_apply_with_yaml_typed_values(tmp_path):
     assert load_config(path, ["run.name=null"]).run.name is None
 
 
+def test_a_dotted_override_of_one_weight_keeps_the_others(tmp_path):
+    # Without a file the weights come from the defaults; a preset's mapping is kept the same way.
+    assert load_config(None, ["reward.weights.ta=2"]).reward.weights == {
+        "vq": 0.5,
+        "mq": 0.5,
+        "ta": 2.0,
+    }
+    path = tmp_path / "preset.yaml"
+    path.write_text("reward:\n  weights: {vq: 1, mq: 1, ta: 1}\n")
+    assert load_config(path, ["reward.weights.mq=3"]).reward.weights == {
+        "vq": 1.0,
+        "mq": 3.0,
+        "ta": 1.0,
+    }
+
+
+def test_a_config_file_that_is_not_a_mapping_is_a_user_error(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- optim\n- lr\n")
+    assert "mapping of sections" in user_error([], path)
+
+
 @pytest.mark.parametrize("text", ["1e-4", "1E-4", "+1e-4", "5e+2"])
 def test_scientific_notation_without_a_dot_is_a_number(text):
     """`--set optim.lr=1e-4` is the documented example, but PyYAML (YAML 1.1) reads 1e-4 as a

@@ -239,9 +239,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError as error:
             reason = " ".join(str(error).split())  # one line: the CLI prints errors as one
             raise UserError(f"config file {str(path)!r} is not valid YAML: {reason}") from error
+    if not isinstance(data, dict):
+        raise UserError(f"config file {str(path)!r} must be a mapping of sections, e.g. optim: ...")
+    # Overrides land on the defaults, so `--set reward.weights.ta=2` changes one weight and
+    # keeps the others; a section in the file replaces only the settings it names.
+    resolved = to_dict(TrainConfig())
+    for name, values in data.items():
+        if isinstance(values, dict) and isinstance(resolved.get(name), dict):
+            resolved[name].update(values)
+        else:
+            resolved[name] = values
     for assignment in overrides or []:
-        apply_override(data, assignment)
-    return from_dict(TrainConfig, data)
+        apply_override(resolved, assignment)
+    return from_dict(TrainConfig, resolved)
 
 
 def config_to_yaml(config: TrainConfig) -> str:
