@@ -52,10 +52,12 @@ class PretrainConfig:
     eval_prompts: int = 40
     eval_steps: int = 10
     shift: float = 3.0
-    # Logit-normal σ: logit(σ) ~ N(mean, std). JiT's setting for clean-prediction models (its
-    # P_mean −0.8 on the clean fraction 1 − σ), which leans towards noisy inputs.
-    sigma_logit_mean: float = 0.8
-    sigma_logit_std: float = 0.8
+    # Logit-normal σ: logit(σ) ~ N(mean, std). JiT uses N(0.8, 0.8) for clean prediction; the
+    # sampler's shift 3 adds ln 3 ≈ 1.1 to logit(σ), so its first steps sit at σ > 0.87, where
+    # N(0.8, 0.8) puts only ~5 % of samples: a model trained so ignored the prompt's direction at
+    # high noise (docs/embedded_default.md). N(1.5, 1.2) puts ~37 % there and keeps low σ covered.
+    sigma_logit_mean: float = 1.5
+    sigma_logit_std: float = 1.2
     checkpoint_every: int = 250
     seed: int = 0
     threads: int = 0
@@ -133,7 +135,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") ->
         model.parameters(), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay
     )
     generator = torch.Generator().manual_seed(config.seed)
-    step, elapsed, history = 0, 0.0, []
+    step, elapsed, history, commands = 0, 0.0, [], []
     if resume:
         state = load_state(checkpoint_dir)
         model.load_state_dict(state["model"])
@@ -142,6 +144,11 @@ def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") ->
         generator.set_state(state["generator"])
         restore_rng_state(state["rng"])
         step, elapsed, history = state["step"], state["elapsed"], state["history"]
+        # Checkpoints written before commands were recorded lack the key.
+        commands = state.get("commands", [])
+    # Every invocation that shaped the weights, in order: a resume with more steps changes the
+    # learning-rate schedule from that step on, so provenance needs all of them.
+    commands.append({"command": command, "from_step": step, "steps": config.steps})
 
     def save_checkpoint() -> None:
         state = {
@@ -153,6 +160,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") ->
             "step": step,
             "elapsed": elapsed,
             "history": history,
+            "commands": commands,
         }
         write_atomically(checkpoint_dir, lambda tmp: save_state(tmp, state))
 
@@ -196,6 +204,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") ->
     final_scores = run_eval(ema, config)
     provenance = {
         "command": command,
+        "commands": commands,
         "config": asdict(config),
         "steps": step,
         "wall_minutes": round(elapsed / 60, 2),
