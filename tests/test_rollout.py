@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from videogrpo.core import schedule, sde
-from videogrpo.models.tiny_wan import TinyWan
+from videogrpo.models.tiny_wan import TinyWan, load_default
 from videogrpo.rollout import initial_noise, row_batches, sample_trajectories
 from videogrpo.world.grammar import HELDOUT_PROMPTS, TRAIN_PROMPTS
 
@@ -46,8 +46,10 @@ def ode_final(model, prompts, seeds, guidance=1.0) -> torch.Tensor:
     return trajectories.final
 
 
-@pytest.mark.parametrize("guidance", [1.0, 3.0])
-def test_ode_rollout_equals_the_diffusers_wan_pipeline(tiny_model_dir, guidance):
+@pytest.mark.parametrize(
+    ("which", "guidance"), [("random", 1.0), ("random", 3.0), ("shipped default", 1.0)]
+)
+def test_ode_rollout_equals_the_diffusers_wan_pipeline(tiny_model_dir, which, guidance):
     """Our Euler loop on our σ grid = WanPipeline + FlowMatchEulerDiscreteScheduler, same noise.
 
     The scheduler shifts the σ it is given (σ ← sσ/(1 + (s−1)σ)), so it gets the UNshifted
@@ -55,7 +57,7 @@ def test_ode_rollout_equals_the_diffusers_wan_pipeline(tiny_model_dir, guidance)
     wrapped to pass them. Tolerance 1e-4 abs: diffusers keeps σ and timesteps in float32, we
     derive them from a float64 grid.
     """
-    model = frozen(tiny_model_dir)
+    model = frozen(tiny_model_dir) if which == "random" else load_default()
     prompts, seeds = [HELDOUT_PROMPTS[0], TRAIN_PROMPTS[5]], [11, 12]
     ours = ode_final(model, prompts, seeds, guidance)
 
