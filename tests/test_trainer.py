@@ -143,7 +143,11 @@ def test_every_preset_runs_two_iterations_and_writes_its_run_directory(
 
     report = (run_dir / "report.html").read_text()
     assert report.rstrip().endswith("</html>")
-    assert list((run_dir / "lora").glob("*.safetensors"))
+    if load_config(preset).model.finetune == "lora":
+        assert list((run_dir / "lora").glob("*.safetensors"))
+    else:  # full fine-tuning exports the whole model, loadable like any model folder
+        exported = TinyWan.from_pretrained(run_dir / "model")
+        assert exported.config == TinyWan.from_pretrained(tiny_model_dir).config
     assert load_state(run_dir / "checkpoint")["trainer"]["iteration"] == 2
     assert (run_dir / "eval_videos" / "iter_000000" / "000.gif").is_file()
 
@@ -279,7 +283,7 @@ def test_exported_lora_loads_into_diffusers_as_the_trained_policy(tiny_model_dir
     """run_dir/lora goes into WanPipeline.load_lora_weights of the same base model; one
     denoising step then differs from the base and equals our trained policy's (1e-4 abs)."""
     overrides = tiny_settings(tiny_model_dir, tmp_path) + [
-        "run.iterations=1", "run.name=lora", "optim.lr=1e-2",
+        "run.iterations=1", "run.name=lora", "optim.lr=1e-2", "model.finetune=lora",
     ]  # fmt: skip
     run_dir = train(PRESETS_DIR / "sage.yaml", overrides, progress=False).run_dir
     weights = load_state(run_dir / "checkpoint")["trainer"]["weights"]

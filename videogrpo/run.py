@@ -270,6 +270,8 @@ def train(
     save_eval(run_dir, trainer.iteration, after, evals, config.eval.videos)
     if config.model.finetune == "lora":
         write_atomically(run_dir / "lora", trainer.model.save_lora)
+    else:  # the whole fine-tuned model, loadable by `videogrpo eval/sample --model RUN/model`
+        write_atomically(run_dir / "model", trainer.model.save_pretrained)
     summary = {
         "config": to_dict(config),
         "iterations": trainer.iteration,
