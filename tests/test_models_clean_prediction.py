@@ -1,6 +1,7 @@
 """The clean-prediction head: a velocity model outside, an x̂₀ predictor inside."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -64,3 +65,14 @@ def test_the_head_is_a_wan_transformer_with_the_same_parameters():
 def test_an_unknown_prediction_is_a_user_error_listing_the_choices():
     with pytest.raises(UserError, match="clean.*velocity"):
         TinyWanConfig(prediction="epsilon")
+
+
+def test_a_model_folder_saved_before_the_head_existed_loads_as_velocity(tmp_path):
+    # Its config.json has no "prediction" key and its weights were trained to output velocity.
+    clean, _ = models()
+    clean.save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    fields = json.loads(config_file.read_text())
+    del fields["prediction"]
+    config_file.write_text(json.dumps(fields))
+    assert TinyWan.from_pretrained(tmp_path).config.prediction == "velocity"

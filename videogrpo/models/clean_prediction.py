@@ -1,12 +1,12 @@
 """A Wan transformer whose network predicts the clean clip and returns the flow velocity.
 
-Why: in pixel space with large patches (8×8×3 = 192 values per token through a 192-wide model),
-a velocity-predicting network must reproduce the full-dimensional noise ε in v = ε − x₀, which
-it cannot do precisely, and the residual shows as per-frame speckle. Predicting x̂₀ (a
-piecewise-flat clip, low-dimensional) and converting, v = (x_σ − x̂₀)/σ, removes that burden
-("Back to Basics: Let Denoising Generative Models Denoise", Li & He 2025, "JiT"). The conversion
-lives inside `forward`, so everything downstream — our sampler, `WanPipeline`, LoRA loading —
-sees an ordinary velocity model.
+Why: in pixel space with large patches (2×8×8×3 = 384 values per token through a 192-wide
+model), a velocity-predicting network must reproduce the full-dimensional noise ε in
+v = ε − x₀, which it cannot do precisely, and the residual shows as per-frame speckle.
+Predicting x̂₀ (a piecewise-flat clip, low-dimensional) and converting, v = (x_σ − x̂₀)/σ,
+removes that burden ("Back to Basics: Let Denoising Generative Models Denoise", Li & He
+2025, "JiT"). The conversion lives inside `forward`, so everything downstream — our sampler,
+`WanPipeline`, LoRA loading — sees an ordinary velocity model.
 """
 
 from __future__ import annotations
@@ -36,13 +36,16 @@ class CleanPredictionWanTransformer(WanTransformer3DModel):
         return_dict: bool = True,
         **kwargs: Any,
     ) -> torch.Tensor | Transformer2DModelOutput:
+        if timestep.ndim == 2:  # Wan 2.2 passes one timestep per token; the tiny model never does
+            raise ValueError("per-token timesteps are not supported by the clean-prediction head")
         clean = super().forward(
             hidden_states, timestep, encoder_hidden_states, *args, return_dict=False, **kwargs
         )[0]
-        sigma = timestep.float() / DEFAULT_TIMESTEP_SCALE
-        if sigma.ndim == 2:  # Wan 2.2 passes one timestep per token; the tiny model never does
-            raise ValueError("per-token timesteps are not supported by the clean-prediction head")
-        sigma = sigma.clamp(min=MIN_CONVERSION_SIGMA).reshape(-1, *([1] * (clean.ndim - 1)))
+        sigma = (
+            (timestep.float() / DEFAULT_TIMESTEP_SCALE)
+            .clamp(min=MIN_CONVERSION_SIGMA)
+            .reshape(-1, *([1] * (clean.ndim - 1)))
+        )
         velocity = (hidden_states.float() - clean.float()) / sigma
         velocity = velocity.to(clean.dtype)
         if not return_dict:

@@ -359,6 +359,8 @@ class TinyWan(nn.Module):
         known = {f.name for f in fields(TinyWanConfig)}
         if not isinstance(config_fields, dict) or not config_fields.keys() <= known:
             raise UserError(f"{directory / CONFIG_FILE} is not a TinyWanConfig; {fix}")
+        # Folders saved before the clean-prediction head existed hold velocity-trained weights.
+        config_fields.setdefault("prediction", "velocity")
         vocabulary = _read_json(directory / VOCABULARY_FILE, fix)
         model = cls(TinyWanConfig(**config_fields), vocabulary)
         weights = directory / WEIGHTS_FILE
