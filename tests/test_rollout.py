@@ -137,6 +137,23 @@ def test_initial_noise_depends_only_on_each_samples_seed(tiny_model_dir):
     assert not torch.equal(initial_noise(model, [6])[0], alone[0])
 
 
+def test_exploration_noise_is_independent_of_the_initial_noise(tiny_model_dir):
+    """Regression: step 0 drew its noise from a twin of the sample's initial-noise generator, so
+    ξ₀ equalled x at σ = 1 and the first SDE step added √Σ₀ more of x itself. Independent draws
+    of n elements have |cosine| ≈ 1/√n (≈ 0.01 here); the bug gave exactly 1.
+    """
+    model = frozen(tiny_model_dir)
+    trajectories = sample_trajectories(
+        model, [TRAIN_PROMPTS[0]], [11], SIGMAS, rule="sage", eta=0.5,
+        sde_mask=torch.ones(NUM_STEPS, dtype=torch.bool), guidance_scale=1.0, keep_means=True,
+    )  # fmt: skip
+    step_std = sde.std("sage", SIGMAS[0], SIGMAS[1], 0.5)
+    step_noise = ((trajectories.states[1] - trajectories.means[0]) / step_std).flatten()
+    start = trajectories.states[0].flatten()
+    assert torch.equal(trajectories.states[0], initial_noise(model, [11]))
+    assert abs(float(torch.nn.functional.cosine_similarity(step_noise, start, dim=0))) < 0.05
+
+
 def test_a_samples_video_does_not_depend_on_its_batch_neighbours(tiny_model_dir):
     """ODE: sample 0 alone vs in a batch of 3 (other prompts and seeds). Tolerance 1e-5 abs:
     a matmul over a different batch may round differently, nothing more."""

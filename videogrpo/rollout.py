@@ -45,11 +45,25 @@ def row_batches(chunk: Tensor, trained_at_step: Tensor) -> list[Tensor]:
     return [rows for rows in (trained, untrained) if rows.numel()]
 
 
-def initial_noise(model: VideoGenerator, seeds: list[int]) -> Tensor:
-    """One generator per sample, so a sample's noise does not depend on its batch neighbours."""
-    generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
-    noise = torch.stack([torch.randn(model.latent_shape, generator=g) for g in generators])
+def noise_streams(seeds: list[int]) -> list[torch.Generator]:
+    """One random stream per sample, so a sample's noise does not depend on its batch neighbours.
+
+    A sample draws its initial noise and then every step's exploration noise from its one stream.
+    Two generators seeded alike would repeat the initial noise as the first step's noise, which
+    adds √Σ₀ more of x itself at the noisiest step and throws the sample off the noise level.
+    """
+    return [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+
+
+def draw_noise(model: VideoGenerator, streams: list[torch.Generator]) -> Tensor:
+    """The next standard normal latent of each stream, stacked on the model's device."""
+    noise = torch.stack([torch.randn(model.latent_shape, generator=g) for g in streams])
     return noise.to(model.device)
+
+
+def initial_noise(model: VideoGenerator, seeds: list[int]) -> Tensor:
+    """Each sample's noise at σ = 1: the first draw of its stream."""
+    return draw_noise(model, noise_streams(seeds))
 
 
 @torch.no_grad()
@@ -86,20 +100,16 @@ def sample_trajectories(
     if chunks is None:
         chunks = [torch.arange(num_samples)]
     embeddings = model.encode_prompts(prompts) if embeddings is None else embeddings
-    noise_generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+    streams = noise_streams(seeds)
 
     states = torch.empty(num_steps + 1, num_samples, *model.latent_shape, device=model.device)
-    states[0] = initial_noise(model, seeds)
+    states[0] = draw_noise(model, streams)
     log_probs = torch.full((num_steps, num_samples), float("nan"), device=model.device)
     means = torch.empty_like(states[1:]) if keep_means else None
     for k in range(num_steps):
         step_rule = rule if bool(sde_mask[k]) else "ode"
         sigma, sigma_next = sigmas[k].item(), sigmas[k + 1].item()
-        step_noise = None
-        if step_rule != "ode":
-            step_noise = torch.stack(
-                [torch.randn(model.latent_shape, generator=g) for g in noise_generators]
-            ).to(model.device)
+        step_noise = None if step_rule == "ode" else draw_noise(model, streams)
         for chunk in chunks:
             for rows in row_batches(chunk, trained[:, k]):
                 x = states[k, rows]
