@@ -154,6 +154,28 @@ def test_exploration_noise_is_independent_of_the_initial_noise(tiny_model_dir):
     assert abs(float(torch.nn.functional.cosine_similarity(step_noise, start, dim=0))) < 0.05
 
 
+def test_shared_initial_noise_starts_a_group_together_and_explores_apart(tiny_model_dir):
+    """DanceGRPO's shared noise: one x at σ = 1 per group of G, every sample its own SDE path."""
+    model = frozen(tiny_model_dir)
+    prompts = [TRAIN_PROMPTS[0]] * 2 + [TRAIN_PROMPTS[1]] * 2
+    trajectories = sample_trajectories(
+        model, prompts, [3, 4, 5, 6], SIGMAS, rule="sage", eta=0.5,
+        sde_mask=torch.ones(NUM_STEPS, dtype=torch.bool), guidance_scale=1.0, noise_group_size=2,
+    )  # fmt: skip
+    start = trajectories.states[0]
+    assert torch.equal(start[0], start[1]) and torch.equal(start[2], start[3])
+    assert torch.equal(start[0], initial_noise(model, [3])[0])
+    assert torch.equal(start[2], initial_noise(model, [5])[0])
+    assert not torch.equal(start[0], start[2])
+    final = trajectories.final
+    assert (final[0] - final[1]).abs().max() > 0.1 and (final[2] - final[3]).abs().max() > 0.1
+    with pytest.raises(ValueError, match="groups of 3"):
+        sample_trajectories(
+            model, prompts, [3, 4, 5, 6], SIGMAS, rule="sage", eta=0.5, sde_mask=ODE_MASK,
+            guidance_scale=1.0, noise_group_size=3,
+        )  # fmt: skip
+
+
 def test_a_samples_video_does_not_depend_on_its_batch_neighbours(tiny_model_dir):
     """ODE: sample 0 alone vs in a batch of 3 (other prompts and seeds). Tolerance 1e-5 abs:
     a matmul over a different batch may round differently, nothing more."""

@@ -82,6 +82,10 @@ class DataConfig:
     )
     prompts_per_iteration: int = setting(8, "B: prompts per rollout.", ge=1)
     group_size: int = setting(4, "G: samples per prompt (a group).", ge=2)
+    shared_initial_noise: bool = setting(
+        False,
+        "Start a group's samples from one noise (DanceGRPO), so they differ by the SDE alone.",
+    )
 
 
 @dataclass

@@ -83,12 +83,15 @@ def sample_trajectories(
     log_prob_reduction: str = "mean",
     embeddings: PromptEmbeddings | None = None,
     keep_means: bool = False,
+    noise_group_size: int = 1,
 ) -> Trajectories:
     """Denoise one sample per (prompt, seed) from σ_0 = 1 to 0 and record every state.
 
     `sde_mask[k]` picks the stochastic `rule` at step k (ODE elsewhere). `trained` (N, T) bool and
     `chunks` (index tensors covering 0..N-1) describe the coming update's batches; without them
-    the whole batch is one chunk and nothing is trained.
+    the whole batch is one chunk and nothing is trained. `noise_group_size` G > 1 starts each
+    run of G consecutive samples from the first one's initial noise (DanceGRPO's shared noise);
+    every sample still explores with its own stream.
     """
     num_samples, num_steps = len(prompts), sigmas.numel() - 1
     if len(seeds) != num_samples:
@@ -104,6 +107,10 @@ def sample_trajectories(
 
     states = torch.empty(num_steps + 1, num_samples, *model.latent_shape, device=model.device)
     states[0] = draw_noise(model, streams)
+    if noise_group_size > 1:
+        if num_samples % noise_group_size:
+            raise ValueError(f"{num_samples} samples do not split into groups of {noise_group_size}")
+        states[0] = states[0, ::noise_group_size].repeat_interleave(noise_group_size, dim=0)
     log_probs = torch.full((num_steps, num_samples), float("nan"), device=model.device)
     means = torch.empty_like(states[1:]) if keep_means else None
     for k in range(num_steps):

@@ -286,6 +286,7 @@ class GRPOTrainer:
             embeddings=embeddings,
             keep_means=config.kl.stepwise_estimator == "analytic"
             and config.kl.reference in ("stepwise", "dual"),
+            noise_group_size=config.data.group_size if config.data.shared_initial_noise else 1,
         )
         timings["time/rollout"] = time.perf_counter() - start
 
