@@ -60,6 +60,9 @@ def assert_nothing_written(output_dir) -> None:
         # iteration 1, after the run directory and the first eval had been written.
         ("dancegrpo", "selection.fraction=1.0", "selection"),
         ("mixgrpo", "selection.window_size=4", "selection"),
+        # sage cannot step from σ₁ = 0.9 when it must stay below 1 − clamp = 0.5: a core
+        # traceback before this was a config-time error.
+        ("sage", "sampling.sigma_clamp=0.5", "sampling (rule 'sage'"),
     ],
 )
 def test_bad_settings_exit_2_with_one_line_and_no_run_directory(

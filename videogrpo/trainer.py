@@ -112,9 +112,15 @@ class GRPOTrainer:
         config = self.config
         sampling = config.sampling
         self.sigmas = schedule.sigmas(sampling.num_steps, sampling.shift)
-        self.stochastic = sde.stochastic_steps(
-            sampling.rule, self.sigmas, sampling.eta, sampling.sigma_clamp
-        )
+        try:  # a schedule the rule cannot step (e.g. sage with σ₁ ≥ 1 − clamp) fails here
+            self.stochastic = sde.stochastic_steps(
+                sampling.rule, self.sigmas, sampling.eta, sampling.sigma_clamp
+            )
+        except ValueError as error:
+            raise UserError(
+                f"sampling (rule {sampling.rule!r}, num_steps {sampling.num_steps}, shift "
+                f"{sampling.shift}): {error}"
+            ) from error
         step_weights = (
             equalizer.factors(sampling.rule, self.sigmas, sampling.eta, sampling.sigma_clamp)
             if config.policy.equalizer
