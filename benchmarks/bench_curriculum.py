@@ -32,16 +32,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--out", default="runs/curriculum")
+    parser.add_argument(
+        "--weightings", nargs="+", choices=list(WEIGHTINGS), default=list(WEIGHTINGS),
+        help="a subset, e.g. to split the comparison over two processes",
+    )  # fmt: skip
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
 
     rows = []
-    for label, overrides in WEIGHTINGS.items():
+    for label in args.weightings:
         for seed in args.seeds:
             name = f"{label.replace(' ', '_').replace('/', '-')}-seed{seed}"
             result = train(
                 args.config,
                 [
-                    *overrides,
+                    *WEIGHTINGS[label],
+                    f"run.threads={args.threads}",
                     f"run.seed={seed}",
                     f"run.iterations={args.iterations}",
                     f"run.output_dir={args.out}",
@@ -64,7 +70,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
 
     print(f"\n{'weighting':<18}" + "".join(f"{c:>12}" for c in COMPONENTS) + "  fell below base")
-    for label in WEIGHTINGS:
+    for label in args.weightings:
         mine = [r for r in rows if r["weighting"] == label]
         means = [statistics.mean(r["after"][c] for r in mine) for c in COMPONENTS]
         fell = sorted({c for r in mine for c in r["fell_below_base"]})

@@ -109,7 +109,9 @@ def sample_trajectories(
     states[0] = draw_noise(model, streams)
     if noise_group_size > 1:
         if num_samples % noise_group_size:
-            raise ValueError(f"{num_samples} samples do not split into groups of {noise_group_size}")
+            raise ValueError(
+                f"{num_samples} samples do not split into groups of {noise_group_size}"
+            )
         states[0] = states[0, ::noise_group_size].repeat_interleave(noise_group_size, dim=0)
     log_probs = torch.full((num_steps, num_samples), float("nan"), device=model.device)
     means = torch.empty_like(states[1:]) if keep_means else None
