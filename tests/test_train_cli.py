@@ -175,6 +175,8 @@ def test_eval_writes_json_with_every_number(tiny_model_dir, tmp_path, capsys):
     numbers = json.loads(out_file.read_text())
     assert {"vq", "mq", "ta", "composite", "coherent_fraction"} <= numbers.keys()
     assert numbers["num_prompts"] == 2 and "within_group_std" not in numbers
+    attributes = ("background", "colour", "shape", "direction", "speed")
+    assert all(0.0 <= numbers[f"attribute_{name}"] <= 1.0 for name in attributes)
 
     spread = ["--rule", "sage", "--eta", "0.5", "--samples-per-prompt", "2"]
     code, _, err = run_cli(capsys, *args, *spread, "--json", out_file)

@@ -88,6 +88,10 @@ def evaluate(
     result = EvalResult(repeated, seeds, videos, scores)
     result.summary = {name: float(value.mean()) for name, value in scores.items()}
     result.summary.update({f"{name}_std": float(value.std(0)) for name, value in scores.items()})
+    attribute_scores = getattr(reward, "attribute_scores", None)
+    if attribute_scores is not None:  # which asked-for attribute the samples miss
+        for name, value in attribute_scores(videos, repeated).items():
+            result.summary[f"attribute_{name}"] = float(value.mean())
     coherent = getattr(reward, "coherent_object", None)
     if coherent is not None:
         result.coherent_fraction = float(coherent(videos).float().mean())
