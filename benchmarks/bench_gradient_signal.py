@@ -8,10 +8,10 @@ reward weights and group advantages, the policy at the start of training) this c
 policy gradient at ratio 1 over every trained step, then prints the mean pairwise cosine — per
 step and summed — beside the same cosine with the advantages shuffled within each batch (no
 signal left: the noise floor). For a gradient that is signal plus independent noise, the cosine
-of two N-sample estimates is N·q / (1 + N·q); the script prints q and the N that would give a
-cosine of 0.5.
+of two N-sample estimates is N·q / (1 + N·q); the script prints an upper bound on q (the
+cosine above the floor plus two standard errors) and the N it implies for a cosine of 0.5.
 
-    python benchmarks/bench_gradient_signal.py configs/sage.yaml --samples 64 --batches 4
+    python benchmarks/bench_gradient_signal.py configs/sage.yaml --samples 64 --batches 6
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def per_step_gradients(trainer: GRPOTrainer, num_samples: int) -> tuple[Tensor, 
         model, prompts, seeds, trainer.sigmas, rule=config.sampling.rule,
         eta=config.sampling.eta, sde_mask=sde_mask,
         guidance_scale=config.sampling.guidance_scale, embeddings=embeddings,
+        noise_group_size=config.data.group_size if config.data.shared_initial_noise else 1,
     )  # fmt: skip
     _, advantages, _ = trainer.score(model.decode(trajectories.final), prompts)
     shuffled = advantages[torch.randperm(num_samples)]
@@ -82,10 +83,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", default="configs/sage.yaml")
     parser.add_argument("--samples", type=int, default=64, help="samples per rollout batch")
-    parser.add_argument("--batches", type=int, default=4, help="independent batches (>= 2)")
+    parser.add_argument("--batches", type=int, default=6, help="independent batches (>= 2)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
     args = parser.parse_args()
+    if args.batches < 2 or args.samples < 2:
+        parser.error("need --batches >= 2 and --samples >= 2")
     torch.set_num_threads(args.threads)
     config = load_config(args.config, args.set)
     model = load_model(config)
