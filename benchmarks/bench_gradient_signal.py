@@ -91,6 +91,8 @@ def main() -> None:
         parser.error("need --batches >= 2 and --samples >= 2")
     torch.set_num_threads(args.threads)
     config = load_config(args.config, args.set)
+    if args.samples % config.data.group_size:
+        parser.error(f"--samples must be a multiple of the group size {config.data.group_size}")
     model = load_model(config)
     trainer = GRPOTrainer(config, model, load_reward(config), split_prompts("train"))
 
