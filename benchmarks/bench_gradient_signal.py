@@ -48,7 +48,7 @@ def per_step_gradients(trainer: GRPOTrainer, num_samples: int) -> tuple[Tensor, 
         model, prompts, seeds, trainer.sigmas, rule=config.sampling.rule,
         eta=config.sampling.eta, sde_mask=sde_mask,
         guidance_scale=config.sampling.guidance_scale, embeddings=embeddings,
-        noise_group_size=config.data.group_size if config.data.shared_initial_noise else 1,
+        noise_group_size=config.data.noise_group_size,
     )  # fmt: skip
     _, advantages, _ = trainer.score(model.decode(trajectories.final), prompts)
     shuffled = advantages[torch.randperm(num_samples)]

@@ -87,6 +87,11 @@ class DataConfig:
         "Start a group's samples from one noise (DanceGRPO), so they differ by the SDE alone.",
     )
 
+    @property
+    def noise_group_size(self) -> int:
+        """Consecutive samples that share an initial noise (1: none share)."""
+        return self.group_size if self.shared_initial_noise else 1
+
 
 @dataclass
 class RewardConfig:

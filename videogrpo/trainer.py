@@ -292,7 +292,7 @@ class GRPOTrainer:
             embeddings=embeddings,
             keep_means=config.kl.stepwise_estimator == "analytic"
             and config.kl.reference in ("stepwise", "dual"),
-            noise_group_size=config.data.group_size if config.data.shared_initial_noise else 1,
+            noise_group_size=config.data.noise_group_size,
         )
         timings["time/rollout"] = time.perf_counter() - start
 
