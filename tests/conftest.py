@@ -32,6 +32,25 @@ TINY_CONFIG = TinyWanConfig(
     freq_dim=16,
 )
 
+# Smallest config that still exercises every model code path (2 frames, 2×2 tokens per frame,
+# 1 layer): for model-layer tests that need no world clip.
+MICRO_CONFIG = TinyWanConfig(
+    num_frames=2,
+    height=16,
+    width=16,
+    patch_size=(1, 8, 8),
+    num_layers=1,
+    num_attention_heads=2,
+    attention_head_dim=12,
+    ffn_dim=32,
+    freq_dim=16,
+    text_dim=16,
+    text_num_layers=1,
+    text_num_heads=2,
+    text_ffn_dim=32,
+    max_text_len=8,
+)
+
 # A held-out prompt of the world's grammar (the `sample` and `eval` CLI tests use it).
 HELDOUT_PROMPT = "a red square moving left slowly on a black background"
 

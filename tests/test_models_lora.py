@@ -2,33 +2,18 @@
 
 import pytest
 import torch
+from conftest import MICRO_CONFIG
 
-from videogrpo.models.tiny_wan import TinyWan, TinyWanConfig
+from videogrpo.models.tiny_wan import TinyWan
 
 WORDS = ["a", "red", "blue", "circle", "square", "moves", "left", "right", "slowly"]
 PROMPTS = ["a red circle moves left", "a blue square moves right slowly"]
-TINY = TinyWanConfig(
-    num_frames=2,
-    height=16,
-    width=16,
-    patch_size=(1, 8, 8),
-    num_layers=1,
-    num_attention_heads=2,
-    attention_head_dim=12,
-    ffn_dim=32,
-    freq_dim=16,
-    text_dim=16,
-    text_num_layers=1,
-    text_num_heads=2,
-    text_ffn_dim=32,
-    max_text_len=8,
-)
 # Rank 4 with alpha 8: scaling alpha/rank = 2 ≠ 1, so an exporter that drops alpha is caught.
 RANK, ALPHA = 4, 8.0
 
 
 def base_model() -> TinyWan:
-    model = TinyWan(TINY, WORDS)
+    model = TinyWan(MICRO_CONFIG, WORDS)
     model.requires_grad_(False)
     return model.eval()
 
@@ -119,7 +104,7 @@ def test_saved_lora_loads_into_wan_pipeline_and_matches_our_velocity(tmp_path):
             num_inference_steps=1,
             guidance_scale=guidance,
             output_type="latent",
-            max_sequence_length=TINY.max_text_len,
+            max_sequence_length=MICRO_CONFIG.max_text_len,
             # Unused when latents are given; chosen only to pass the pipeline's shape checks.
             height=64,
             width=64,

@@ -4,6 +4,7 @@ import socket
 
 import pytest
 import torch
+from conftest import MICRO_CONFIG
 
 from videogrpo.errors import UserError
 from videogrpo.evaluation import evaluate
@@ -15,27 +16,10 @@ from videogrpo.world import grammar
 
 WORDS = ["a", "red", "blue", "circle", "square", "moves", "left", "right", "slowly", "on", "black"]
 PROMPTS = ["a red circle moves left", "a blue square moves right slowly on black"]
-# Smallest config that still exercises every code path: 2 frames, 2x2 tokens per frame, 1 layer.
-TINY = TinyWanConfig(
-    num_frames=2,
-    height=16,
-    width=16,
-    patch_size=(1, 8, 8),
-    num_layers=1,
-    num_attention_heads=2,
-    attention_head_dim=12,
-    ffn_dim=32,
-    freq_dim=16,
-    text_dim=16,
-    text_num_layers=1,
-    text_num_heads=2,
-    text_ffn_dim=32,
-    max_text_len=8,
-)
 
 
 def frozen_model() -> TinyWan:
-    model = TinyWan(TINY, WORDS)
+    model = TinyWan(MICRO_CONFIG, WORDS)
     model.requires_grad_(False)
     return model.eval()
 
@@ -118,13 +102,13 @@ def test_padding_is_zero_like_wan_pipeline_and_eos_survives_truncation():
     short = model.encode_prompts(["a red circle"]).conditional[0]  # 3 words + </s> = 4 tokens
     assert short[4:].abs().sum() == 0 and short[:4].abs().sum(dim=1).min() > 0
     tokens = model.tokenizer("a red circle moves left right slowly on black", truncation=True)
-    assert len(tokens.input_ids) == TINY.max_text_len
+    assert len(tokens.input_ids) == MICRO_CONFIG.max_text_len
     assert tokens.input_ids[-1] == model.tokenizer.eos_token_id
     assert model.tokenizer("a zebra").input_ids[1] == model.tokenizer.unk_token_id
 
 
 def test_a_trainable_text_encoder_is_not_cached_and_gets_gradients():
-    model = TinyWan(TINY, WORDS)  # fresh = pretraining: everything trains
+    model = TinyWan(MICRO_CONFIG, WORDS)  # fresh = pretraining: everything trains
     embeddings = model.encode_prompts(PROMPTS)
     assert embeddings.conditional.requires_grad and not model._prompt_cache
 
@@ -203,7 +187,7 @@ def test_the_shipped_default_loads_offline_and_draws_the_world(monkeypatch):
 
 def test_identity_autoencoder_round_trips_videos():
     model = frozen_model()
-    videos = torch.rand(3, TINY.num_frames, TINY.height, TINY.width, 3)
+    videos = torch.rand(3, MICRO_CONFIG.num_frames, MICRO_CONFIG.height, MICRO_CONFIG.width, 3)
     latents = model.encode_videos(videos)
     assert latents.shape == (3, *model.latent_shape)
     assert latents.min() >= -1 and latents.max() <= 1
@@ -214,7 +198,7 @@ def test_identity_autoencoder_round_trips_videos():
 def test_initial_noise_is_float32_seeded_and_shaped_like_wan_latents():
     model = frozen_model()
     noise = model.initial_noise(4, torch.Generator().manual_seed(7))
-    assert noise.shape == (4, 3, TINY.num_frames, TINY.height, TINY.width)
+    assert noise.shape == (4, 3, MICRO_CONFIG.num_frames, MICRO_CONFIG.height, MICRO_CONFIG.width)
     assert noise.dtype == torch.float32
     assert torch.equal(noise, model.initial_noise(4, torch.Generator().manual_seed(7)))
 
