@@ -146,6 +146,14 @@ def test_train_then_resume_with_more_iterations(tiny_model_dir, tmp_path, capsys
     assert [json.loads(line)["iteration"] for line in metrics] == [1, 2]
     assert json.loads((run_dir / "summary.json").read_text())["iterations"] == 2
     assert "iterations: 2" in (run_dir / "config.yaml").read_text()
+    evals = (run_dir / "eval.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in evals] == [0, 1, 2]
+
+    # Finished at 2: resuming without raising the total is refused, and nothing is rewritten.
+    saved = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    code, _, err = run_cli(capsys, "train", "--resume", run_dir, "--quiet")
+    assert_one_line_error(code, err, "already finished 2 iterations", "run.iterations=4")
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == saved
 
 
 def test_sample_writes_an_mp4_with_every_frame(tiny_model_dir, tmp_path, capsys):

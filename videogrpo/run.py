@@ -177,6 +177,19 @@ def prepare_run(config_path: str | None, overrides: list[str]) -> tuple[TrainCon
     return config, run_dir
 
 
+def refuse_finished_run(run_dir: Path, iterations: int) -> None:
+    """A finished run resumed without more iterations would only redo its final eval."""
+    summary_file = run_dir / "summary.json"
+    if not summary_file.is_file():
+        return
+    done = json.loads(summary_file.read_text())["iterations"]
+    if iterations <= done:
+        raise UserError(
+            f"run {run_dir} already finished {done} iterations; to continue it, raise the total: "
+            f"--resume {run_dir} --set run.iterations={done + iterations}"
+        )
+
+
 def train(
     config_path: str | None = None,
     overrides: list[str] | None = None,
@@ -193,6 +206,7 @@ def train(
         if not (run_dir / CHECKPOINT_DIR).is_dir():
             raise UserError(f"cannot resume {run_dir}: it has no checkpoint yet; start a new run")
         config = load_config(run_dir / CONFIG_FILE, overrides)
+        refuse_finished_run(run_dir, config.run.iterations)
     else:
         config, run_dir = prepare_run(config_path, overrides or [])
     if config.run.threads:
@@ -267,6 +281,7 @@ def train(
     bar.close()
 
     after = run_eval(trainer, eval_prompts)
+    evals.truncate_after(trainer.iteration - 1)  # a final eval a crash left behind is redone
     save_eval(run_dir, trainer.iteration, after, evals, config.eval.videos)
     if config.model.finetune == "lora":
         write_atomically(run_dir / "lora", trainer.model.save_lora)
