@@ -51,6 +51,21 @@ MICRO_CONFIG = TinyWanConfig(
     max_text_len=8,
 )
 
+# A vocabulary covering the prompts model-layer tests encode with MICRO_CONFIG.
+MICRO_WORDS = [
+    "a",
+    "red",
+    "blue",
+    "circle",
+    "square",
+    "moves",
+    "left",
+    "right",
+    "slowly",
+    "on",
+    "black",
+]
+
 # A held-out prompt of the world's grammar (the `sample` and `eval` CLI tests use it).
 HELDOUT_PROMPT = "a red square moving left slowly on a black background"
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 import torch
+from conftest import MICRO_CONFIG, MICRO_WORDS
 from diffusers import WanTransformer3DModel
-from test_models_tiny_wan import TINY, WORDS
 
 from videogrpo.errors import UserError
 from videogrpo.models.clean_prediction import MIN_CONVERSION_SIGMA
@@ -18,8 +18,8 @@ TOLERANCE = 1e-5
 
 def models() -> tuple[TinyWan, TinyWan]:
     """The same weights with a clean-prediction head and with the plain velocity head."""
-    clean = TinyWan(dataclasses.replace(TINY, prediction="clean"), WORDS).eval()
-    plain = TinyWan(dataclasses.replace(TINY, prediction="velocity"), WORDS).eval()
+    clean = TinyWan(dataclasses.replace(MICRO_CONFIG, prediction="clean"), MICRO_WORDS).eval()
+    plain = TinyWan(dataclasses.replace(MICRO_CONFIG, prediction="velocity"), MICRO_WORDS).eval()
     plain.load_state_dict(clean.state_dict())
     return clean, plain
 

@@ -2,18 +2,17 @@
 
 import pytest
 import torch
-from conftest import MICRO_CONFIG
+from conftest import MICRO_CONFIG, MICRO_WORDS
 
 from videogrpo.models.tiny_wan import TinyWan
 
-WORDS = ["a", "red", "blue", "circle", "square", "moves", "left", "right", "slowly"]
 PROMPTS = ["a red circle moves left", "a blue square moves right slowly"]
 # Rank 4 with alpha 8: scaling alpha/rank = 2 ≠ 1, so an exporter that drops alpha is caught.
 RANK, ALPHA = 4, 8.0
 
 
 def base_model() -> TinyWan:
-    model = TinyWan(MICRO_CONFIG, WORDS)
+    model = TinyWan(MICRO_CONFIG, MICRO_WORDS)
     model.requires_grad_(False)
     return model.eval()
 

@@ -4,7 +4,7 @@ import socket
 
 import pytest
 import torch
-from conftest import MICRO_CONFIG
+from conftest import MICRO_CONFIG, MICRO_WORDS
 
 from videogrpo.errors import UserError
 from videogrpo.evaluation import evaluate
@@ -14,12 +14,11 @@ from videogrpo.models.tiny_wan import WEIGHTS_FILE, TinyWan, TinyWanConfig
 from videogrpo.rewards.world import WorldReward
 from videogrpo.world import grammar
 
-WORDS = ["a", "red", "blue", "circle", "square", "moves", "left", "right", "slowly", "on", "black"]
 PROMPTS = ["a red circle moves left", "a blue square moves right slowly on black"]
 
 
 def frozen_model() -> TinyWan:
-    model = TinyWan(MICRO_CONFIG, WORDS)
+    model = TinyWan(MICRO_CONFIG, MICRO_WORDS)
     model.requires_grad_(False)
     return model.eval()
 
@@ -108,7 +107,7 @@ def test_padding_is_zero_like_wan_pipeline_and_eos_survives_truncation():
 
 
 def test_a_trainable_text_encoder_is_not_cached_and_gets_gradients():
-    model = TinyWan(MICRO_CONFIG, WORDS)  # fresh = pretraining: everything trains
+    model = TinyWan(MICRO_CONFIG, MICRO_WORDS)  # fresh = pretraining: everything trains
     embeddings = model.encode_prompts(PROMPTS)
     assert embeddings.conditional.requires_grad and not model._prompt_cache
 
