@@ -74,6 +74,13 @@ def test_zero_std_group_fraction():
     assert advantage.zero_std_group_fraction(rewards, group_size=2) == 0.75
 
 
+def test_mean_group_std_is_within_group_not_batch_spread():
+    # Groups (1, 3), (5, 5), (7, NaN): stds 1, 0, 0 (one valid score) → mean 1/3, although
+    # the batch std of the same scores is about 2.
+    rewards = torch.tensor([1.0, 3.0, 5.0, 5.0, 7.0, float("nan")])
+    assert advantage.mean_group_std(rewards, group_size=2) == pytest.approx(1 / 3, abs=1e-12)
+
+
 @pytest.mark.parametrize(
     ("call", "named"),
     [

@@ -24,8 +24,10 @@ BASE_CHARTS = {
     "chart-reward-mq",
     "chart-reward-ta",
     "chart-groups-with-zero-reward-std-no-learning-signal",
+    "chart-reward-std-within-groups-saturation",
     "chart-held-out-eval-diagnostics",
     "chart-ppo-clip-fraction",
+    "chart-policy-loss",
     "chart-approx-kl-to-the-rollout-policy",
     "chart-kl-terms",
     "chart-kl-coefficient-t-log-scale",
@@ -37,10 +39,11 @@ BASE_CHARTS = {
     "chart-throughput-samples-s",
 }
 CURRICULUM_CHARTS = {
-    "chart-curriculum-weights-mean-std-over-samples",
+    "chart-curriculum-weights-mean-std-over-groups",
     "chart-component-rewards-train-mean",
     "chart-curriculum-competence",
-    "chart-curriculum-stage",
+    "chart-hoyer-sparsity-of-group-centred-scores",
+    "chart-curriculum-stage-mean-over-groups",
 }
 
 
@@ -49,10 +52,14 @@ def metrics_row(i, curriculum):
     for k, name in enumerate(("vq", "mq", "ta")):
         row[f"reward/{name}_mean"] = 0.4 + 0.05 * i + 0.1 * k
         row[f"reward/{name}_std"] = 0.05
+        row[f"reward/{name}_group_std"] = 0.03
     row |= {
         "reward/zero_std_group_fraction": 0.125,
-        "policy/clip_fraction_pos": 0.01 * i,
-        "policy/clip_fraction_neg": 0.02,
+        "reward/within_group_std": 0.04,
+        "reward/weighted_mean": 0.9 + 0.1 * i,
+        "policy/clip_frac_pos": 0.01 * i,
+        "policy/clip_frac_neg": 0.02,
+        "policy/loss": -0.01 * i,
         "policy/approx_kl": 1e-4 * (i + 1),
         "policy/ratio_mean": 1.0,
         "policy/ratio_max": 1.0 + 0.01 * i,
@@ -71,10 +78,11 @@ def metrics_row(i, curriculum):
         row[f"grad/step_norm_after/{k}"] = 1.0
     if curriculum:
         for name in ("vq", "mq", "ta"):
-            row[f"curriculum/weight_{name}_mean"] = 1 / 3
-            row[f"curriculum/weight_{name}_std"] = 0.01
-            row[f"curriculum/competence_{name}"] = 0.1 * i
-        row["curriculum/stage"] = i // 3
+            row[f"curriculum/weight_mean/{name}"] = 1 / 3
+            row[f"curriculum/weight_std/{name}"] = 0.01
+            row[f"curriculum/competence/{name}"] = 0.1 * i
+            row[f"curriculum/sparsity/{name}"] = 0.2
+        row["curriculum/stage_mean"] = i // 3
     return row
 
 
@@ -159,8 +167,9 @@ def test_nan_and_null_metrics_become_gaps_not_nan_in_svg(tmp_path):
     assert svg_data and not re.search(r"nan|inf", svg_data, re.IGNORECASE)
     composite = page[page.index('id="chart-composite-reward"') :]
     composite = composite[: composite.index("</svg>")]
-    train_line = re.findall(r'<path d="(M[^"]*)" fill="none"', composite)
-    assert len(train_line) == 1  # iterations 0-1; gaps at 2 and 4 isolate 3 and 5 ...
+    lines = re.findall(r'<path d="(M[^"]*)" fill="none"', composite)
+    assert len(lines) == 2  # the weighted line whole; of the train line only iterations 0-1 ...
+    assert [line.count(" L") for line in lines] == [1, ITERATIONS - 1]  # gaps at 2 and 4 ...
     assert composite.count("<circle") == 2 + len(EVAL_ITERATIONS)  # ... drawn as points
 
 

@@ -22,6 +22,7 @@ from videogrpo.core import equalizer, schedule
 from videogrpo.models.tiny_wan import TinyWan
 from videogrpo.prompts import load_prompts
 from videogrpo.references import MovingAnchor
+from videogrpo.report.charts import chart_sections
 from videogrpo.rollout import initial_noise
 from videogrpo.run import apply_run_weights, load_model, load_reward, train
 from videogrpo.tracking import MetricsLog
@@ -133,6 +134,17 @@ def test_every_preset_runs_two_iterations_and_writes_its_run_directory(
     assert all(m["optim/steps"] == 2 and math.isfinite(m["reward/composite_mean"]) for m in metrics)
     evals = read_jsonl(run_dir / "eval.jsonl")
     assert [e["iteration"] for e in evals] == [0, 2] and evals[0].keys() >= EVAL_KEYS
+
+    # The report reads the keys the trainer writes: only optim/* is left to "Other metrics"
+    # (guards the report charting curriculum weights under names the trainer never logged).
+    sections = {section.title: section.charts for section in chart_sections(metrics, evals)}
+    assert [chart.title for chart in sections["Other metrics"]] == ["optim"]
+    curriculum = {chart.title: chart.series for chart in sections["Self-paced curriculum"]}
+    if load_config(preset).reward.curriculum != "static":
+        weights = curriculum["Curriculum weights (mean ± std over groups)"]
+        assert [series.label for series in weights] == ["vq", "mq", "ta"]
+    else:
+        assert not curriculum
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary == result.summary

@@ -328,7 +328,8 @@ class GRPOTrainer:
 
         metrics.update(timings)
         metrics.update(self.reward_metrics(components, weighted.composite))
-        metrics.update({f"curriculum/{k}": v for k, v in weighted.diagnostics.items()})
+        if config.reward.curriculum != "static":  # fixed weights have nothing to chart
+            metrics.update({f"curriculum/{k}": v for k, v in weighted.diagnostics.items()})
         metrics["optim/lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step used
         return IterationResult(metrics, prompts, videos, components, advantages)
 
@@ -338,11 +339,11 @@ class GRPOTrainer:
         for name, values in components.items():
             metrics[f"reward/{name}_mean"] = float(values.nanmean())
             metrics[f"reward/{name}_std"] = float(values[values.isfinite()].std(correction=0))
+            metrics[f"reward/{name}_group_std"] = advantage.mean_group_std(values, group_size)
         metrics["reward/weighted_mean"] = float(composite.nanmean())
         equal = torch.stack(list(components.values())).mean(dim=0)
         metrics["reward/composite_mean"] = float(equal.nanmean())
-        grouped = equal.reshape(-1, group_size)
-        metrics["reward/within_group_std"] = float(grouped.std(dim=1, correction=0).nanmean())
+        metrics["reward/within_group_std"] = advantage.mean_group_std(equal, group_size)
         metrics["reward/zero_std_group_fraction"] = advantage.zero_std_group_fraction(
             composite, group_size, self.config.advantage.eps
         )

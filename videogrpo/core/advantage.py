@@ -107,6 +107,16 @@ def zero_std_group_fraction(
     return flat.double().mean().item()
 
 
+def mean_group_std(rewards: Tensor, group_size: int) -> float:
+    """Population std of the valid rewards within each group, averaged over groups.
+
+    Logged per reward component: a component whose groups bunch together has saturated (§8)
+    and only adds noise to the group advantage, even while the composite's groups still spread.
+    """
+    _, _, group_std = _group_statistics(_grouped(rewards, group_size))
+    return group_std.mean().item()
+
+
 def _grouped(rewards: Tensor, group_size: int) -> Tensor:
     """(B,) rewards → (B/G, G) float64, validating the shape and group size."""
     if rewards.ndim != 1:

@@ -35,6 +35,10 @@ PALETTE = (
     "#bab0ac",
 )
 COMPOSITE_COLOR = "#222222"
+# reward/weighted_mean: the composite under the run's static or self-paced weights, no component.
+WEIGHTED = "weighted"
+WEIGHTED_LABEL = "weighted (advantage input)"
+WEIGHTED_COLOR = "#888888"
 EVAL_COLOR = "#d62728"
 # Per-step gradient norms: early (noisy) steps blue through late (clean) steps orange.
 STEP_RAMP = ("#1f4e9c", "#e8702a")
@@ -122,9 +126,9 @@ def _eval_series(
 def _component_names(metrics: _Metrics, evals: list[Row]) -> list[str]:
     """Reward components logged in training or eval: the eval axes first, then the rest."""
     logged = [m.group(1) for m in metrics.matching(r"reward/(.+)_mean")]
-    logged += [m.group(1) for m in metrics.matching(r"curriculum/weight_(.+)_mean")]
+    logged += [m.group(1) for m in metrics.matching(r"curriculum/weight_mean/(.+)")]
     logged += [axis for axis in EVAL_AXES if any(axis in row for row in evals)]
-    found = set(logged) - {COMPOSITE}
+    found = set(logged) - {COMPOSITE, WEIGHTED}
     return [a for a in EVAL_AXES if a in found] + sorted(found - set(EVAL_AXES))
 
 
@@ -138,6 +142,8 @@ def _reward_charts(metrics: _Metrics, evals: list[Row], colors: dict[str, str]) 
             ),
             _eval_series(evals, name),
         ]
+        if name == COMPOSITE:  # what the advantages were computed from, beside the equal mean
+            series.append(metrics.series(f"reward/{WEIGHTED}_mean", WEIGHTED_LABEL, WEIGHTED_COLOR))
         title = "Composite reward" if name == COMPOSITE else f"Reward: {name}"
         charts.append(Chart(title, [s for s in series if s]))
     charts.append(
@@ -146,6 +152,11 @@ def _reward_charts(metrics: _Metrics, evals: list[Row], colors: dict[str, str]) 
             ["reward/zero_std_group_fraction"],
         )
     )
+    spread = [
+        metrics.series("reward/within_group_std", COMPOSITE, COMPOSITE_COLOR),
+        *(metrics.series(f"reward/{name}_group_std", name, c) for name, c in colors.items()),
+    ]
+    charts.append(Chart("Reward std within groups (saturation)", [s for s in spread if s]))
     extra = [k for k in dict.fromkeys(k for row in evals for k in row) if k not in colors]
     extra = [k for k in extra if k not in (ITERATION_KEY, COMPOSITE)]
     series = [
@@ -177,8 +188,9 @@ def _diagnostic_charts(metrics: _Metrics) -> list[Chart]:
     charts = [
         metrics.lines(
             "PPO clip fraction",
-            ["policy/clip_fraction_pos", "policy/clip_fraction_neg", "policy/clip_fraction"],
+            ["policy/clip_frac_pos", "policy/clip_frac_neg", "policy/clip_frac"],
         ),
+        metrics.lines("Policy loss", ["policy/loss"]),
         metrics.lines("Approx KL to the rollout policy", ["policy/approx_kl"]),
         metrics.lines("KL terms", kl_terms),
         metrics.lines("KL coefficient λ_t (log scale)", ["kl/coef"], log_y=True),
@@ -243,20 +255,25 @@ def _curriculum_charts(metrics: _Metrics, colors: dict[str, str]) -> list[Chart]
             m.group(0),
             m.group(1),
             colors[m.group(1)],
-            std_key=f"curriculum/weight_{m.group(1)}_std",
+            std_key=f"curriculum/weight_std/{m.group(1)}",
         )
-        for m in metrics.matching(r"curriculum/weight_(.+)_mean")
+        for m in metrics.matching(r"curriculum/weight_mean/(.+)")
     ]
     rewards = [metrics.series(f"reward/{name}_mean", name, color) for name, color in colors.items()]
     competence = [
         metrics.series(m.group(0), m.group(1), colors.get(m.group(1), COMPOSITE_COLOR))
-        for m in metrics.matching(r"curriculum/competence_(.+)")
+        for m in metrics.matching(r"curriculum/competence/(.+)")
+    ]
+    sparsity = [
+        metrics.series(m.group(0), m.group(1), colors.get(m.group(1), COMPOSITE_COLOR))
+        for m in metrics.matching(r"curriculum/sparsity/(.+)")
     ]
     return [
-        Chart("Curriculum weights (mean ± std over samples)", [s for s in weights if s]),
+        Chart("Curriculum weights (mean ± std over groups)", [s for s in weights if s]),
         Chart("Component rewards (train mean)", [s for s in rewards if s]),
         Chart("Curriculum competence", [s for s in competence if s]),
-        metrics.lines("Curriculum stage", ["curriculum/stage"]),
+        Chart("Hoyer sparsity of group-centred scores", [s for s in sparsity if s]),
+        metrics.lines("Curriculum stage (mean over groups)", ["curriculum/stage_mean"]),
     ]
 
 
