@@ -37,6 +37,10 @@ def main() -> None:
         help="a subset, e.g. to split the comparison over two processes",
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="an override for every weighting, e.g. reward.aggregation=normalize_then_sum",
+    )  # fmt: skip
     args = parser.parse_args()
 
     rows = []
@@ -46,6 +50,7 @@ def main() -> None:
             result = train(
                 args.config,
                 [
+                    *args.set,
                     *WEIGHTINGS[label],
                     f"run.threads={args.threads}",
                     f"run.seed={seed}",

@@ -69,6 +69,21 @@ def test_composite_and_normalize_then_sum_match_hand_computation():
     torch.testing.assert_close(normalised, torch.tensor([-1.5, 1.5, 1.0, -1.0]))
 
 
+def test_per_group_weights_set_each_standardised_components_share():
+    # a per group: (0, 1) → (−1, 1), (2, 2) → tie (0, 0); b: (1, 0) → (1, −1), (0, 4) → (−1, 1).
+    scores = torch.tensor([[0.0, 1.0], [1.0, 0.0], [2.0, 0.0], [2.0, 4.0]])
+    weights = torch.tensor([[1.0, 0.0], [0.25, 0.75]])
+    result = advantage.weighted_group_advantages(scores, weights, group_size=2)
+    torch.testing.assert_close(result, torch.tensor([-1.0, 1.0, -0.75, 0.75]))
+    # b's spread is 4× a's in group 2, yet its share is the weight alone: scaling b changes nothing.
+    scaled = scores * torch.tensor([1.0, 100.0])
+    torch.testing.assert_close(advantage.weighted_group_advantages(scaled, weights, 2), result)
+    shared = advantage.weighted_group_advantages(scores, torch.tensor([0.5, 1.0]), group_size=2)
+    torch.testing.assert_close(shared, torch.tensor([0.5, -0.5, -1.0, 1.0]))
+    with pytest.raises(ValueError, match=r"weights must be \(2,\) or \(2, 2\), got \(4, 2\)"):
+        advantage.weighted_group_advantages(scores, torch.ones(4, 2), group_size=2)
+
+
 def test_zero_std_group_fraction():
     rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 2.0, float("nan"), 5.0, 5.0])
     assert advantage.zero_std_group_fraction(rewards, group_size=2) == 0.75

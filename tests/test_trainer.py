@@ -164,6 +164,36 @@ def test_every_preset_runs_two_iterations_and_writes_its_run_directory(
     assert (run_dir / "eval_videos" / "iter_000000" / "000.gif").is_file()
 
 
+# ---------------------------------------------------------------------- advantages
+
+
+def test_normalize_then_sum_uses_the_curriculums_per_group_weights(tiny_model_dir, tmp_path):
+    """staged + normalize_then_sum: A_i = Σ_j w_gj·A_ij of each component standardised in its
+    group (guards the aggregation being silently ignored whenever a curriculum is on)."""
+    trainer = make_trainer(
+        tiny_model_dir,
+        tmp_path,
+        "selfpaced",
+        ["reward.aggregation=normalize_then_sum", "reward.competence=group"],
+    )
+    components = {  # two groups of 2; vq barely varies, as on the default world
+        "vq": torch.tensor([0.70, 0.71, 0.60, 0.62]),
+        "mq": torch.tensor([0.9, 0.3, 0.5, 0.6]),
+        "ta": torch.tensor([0.2, 0.6, 0.8, 0.4]),
+    }
+    trainer.reward = lambda videos, prompts: components
+    _, advantages, weighted = trainer.score(torch.empty(0), ["p"] * 4)
+    standardised = {  # each component in its group: (low, high) → (−1, +1)
+        "vq": torch.tensor([-1.0, 1.0, -1.0, 1.0]),
+        "mq": torch.tensor([1.0, -1.0, -1.0, 1.0]),
+        "ta": torch.tensor([-1.0, 1.0, 1.0, -1.0]),
+    }
+    per_sample = weighted.weights.double().repeat_interleave(2, dim=0)
+    expected = sum(per_sample[:, j] * standardised[c].double() for j, c in enumerate(standardised))
+    assert not torch.allclose(weighted.weights[0], weighted.weights[1])  # per-group, not shared
+    torch.testing.assert_close(advantages.double(), expected, atol=1e-5, rtol=0)
+
+
 # ---------------------------------------------------------------------- moving anchor
 
 

@@ -101,7 +101,7 @@ class RewardConfig:
     )
     aggregation: str = setting(
         "sum",
-        "Weight then normalise per group, or normalise each component then weight (static only).",
+        "Weight then normalise per group, or normalise each component per group then weight.",
         choices=("sum", "normalize_then_sum"),
     )
     curriculum: str = setting("static", "Reward weighting (ALGORITHMS §8).", choices=CURRICULA)

@@ -230,15 +230,11 @@ class GRPOTrainer:
         components = {k: v.float() for k, v in self.reward(videos, prompts).items()}
         group_size = config.data.group_size
         weighted = self.curriculum(components, group_size)
-        if (
-            config.reward.aggregation == "normalize_then_sum"
-            and config.reward.curriculum == "static"
-        ):
-            advantages = advantage.advantages(
-                components,
-                config.reward.weights,
+        if config.reward.aggregation == "normalize_then_sum":  # static or per-group weights
+            advantages = advantage.weighted_group_advantages(
+                weighted.normalized,
+                weighted.weights,
                 group_size,
-                aggregation="normalize_then_sum",
                 std_mode=config.advantage.std,
                 eps=config.advantage.eps,
                 clip=config.advantage.clip,

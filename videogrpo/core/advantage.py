@@ -87,11 +87,46 @@ def advantages(
         total = composite_reward(components, weights)
         return group_advantages(total, group_size, std_mode=std_mode, eps=eps, clip=clip)
     names = _check_weights(components, weights)
-    summed = sum(
-        float(weights[name])
-        * group_advantages(components[name], group_size, std_mode=std_mode, eps=eps, clip=None)
-        for name in names
+    scores = torch.stack([components[name] for name in names], dim=-1)
+    constant = scores.new_tensor([float(weights[name]) for name in names])
+    return weighted_group_advantages(
+        scores, constant, group_size, std_mode=std_mode, eps=eps, clip=clip
     )
+
+
+def weighted_group_advantages(
+    scores: Tensor,
+    weights: Tensor,
+    group_size: int,
+    *,
+    std_mode: str = "group",
+    eps: float = DEFAULT_STD_EPS,
+    clip: float | None = DEFAULT_ADV_CLIP,
+) -> Tensor:
+    """Normalize-then-sum: Σ_j w_j·A_ij over components standardised per group, then clip.
+
+    ``scores`` (B, K); ``weights`` (K,) for all groups or (B/G, K), one row per group (a
+    curriculum's). Standardising each component first makes a weight that component's share of
+    the advantage whatever its spread; summed first, a component that barely varies within
+    groups gets almost none of it (docs/results.md).
+    """
+    if scores.ndim != 2:
+        raise ValueError(f"scores must have shape (B, K), got {tuple(scores.shape)}")
+    per_component = torch.stack(
+        [
+            group_advantages(column, group_size, std_mode=std_mode, eps=eps, clip=None)
+            for column in scores.unbind(dim=1)
+        ],
+        dim=-1,
+    )
+    num_samples, num_components = scores.shape
+    shared, per_group = (num_components,), (num_samples // group_size, num_components)
+    if tuple(weights.shape) not in (shared, per_group):
+        raise ValueError(f"weights must be {shared} or {per_group}, got {tuple(weights.shape)}")
+    per_sample = weights.to(per_component.dtype)
+    if weights.ndim == 2:
+        per_sample = per_sample.repeat_interleave(group_size, dim=0)
+    summed = (per_component * per_sample).sum(dim=-1)
     return summed.clamp(-clip, clip) if clip is not None else summed
 
 
