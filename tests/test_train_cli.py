@@ -55,6 +55,9 @@ def assert_nothing_written(output_dir) -> None:
         ("sage", "optim.minibatches=3", "optim.minibatches"),  # batch of 2 × 2 = 4 samples
         ("cps", "sampling.eta=1.5", "sampling.eta"),
         ("selfpaced", "reward.thresholds=[0.5, 1.2]", "reward.thresholds"),
+        # Two components left in the order but the preset's two gates kept: one gate too many.
+        ("selfpaced", "reward.order=[vq, mq]", "reward (staged curriculum): thresholds"),
+        ("selfpaced", "reward.order=[vq, mq, motion]", "'motion'"),
         # Valid one by one, impossible together: 4 of the 4 steps from random_fraction, a window
         # longer than the 3 SDE steps. Guards the bug where these crashed with a traceback at
         # iteration 1, after the run directory and the first eval had been written.

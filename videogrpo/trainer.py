@@ -78,22 +78,25 @@ def curriculum_from_config(config: TrainConfig) -> RewardCurriculum:
     """The weighting of reward components; `static` is the plain weighted composite."""
     reward = config.reward
     static = reward.curriculum == "static"
-    return build_curriculum(
-        reward.curriculum,
-        list(reward.weights) if static else reward.order,
-        static_weights=reward.weights if static else None,
-        normalize_weights=False,
-        thresholds=reward.thresholds,
-        temperature=reward.temperature,
-        sharpness=reward.sharpness,
-        beta=reward.beta,
-        competence=reward.competence,
-        ema_decay=reward.ema_decay,
-        normalization="none" if static else reward.normalization,
-        lo=reward.lo,
-        hi=reward.hi,
-        calibration_steps=reward.calibration_iterations,
-    )
+    try:
+        return build_curriculum(
+            reward.curriculum,
+            list(reward.weights) if static else reward.order,
+            static_weights=reward.weights if static else None,
+            normalize_weights=False,
+            thresholds=reward.thresholds,
+            temperature=reward.temperature,
+            sharpness=reward.sharpness,
+            beta=reward.beta,
+            competence=reward.competence,
+            ema_decay=reward.ema_decay,
+            normalization="none" if static else reward.normalization,
+            lo=reward.lo,
+            hi=reward.hi,
+            calibration_steps=reward.calibration_iterations,
+        )
+    except UserError as error:  # the curriculum's messages name its arguments, not the keys
+        raise UserError(f"reward ({reward.curriculum} curriculum): {error}") from error
 
 
 @dataclass

@@ -143,13 +143,13 @@ def _check_positive(name: str, value: float) -> float:
 
 
 def _check_unit_thresholds(
-    thresholds: Sequence[float], allowed_lengths: Sequence[int]
+    thresholds: Sequence[float], allowed_lengths: Sequence[int], meaning: str = ""
 ) -> tuple[float, ...]:
     values = tuple(float(t) for t in thresholds)
     if len(values) not in allowed_lengths:
         lengths = " or ".join(str(n) for n in allowed_lengths)
         raise UserError(
-            f"thresholds = {list(values)} has {len(values)} entries; expected {lengths}"
+            f"thresholds = {list(values)} has {len(values)} entries; expected {lengths}{meaning}"
         )
     for i, t in enumerate(values):
         if not 0.0 <= t <= 1.0:
@@ -244,7 +244,9 @@ class StagedWeights(WeightingStrategy):
             given = (PAPER_THRESHOLD,) * num_gates
         temperature = options.temperature
         return cls(
-            _check_unit_thresholds(given, [num_gates]),
+            _check_unit_thresholds(
+                given, [num_gates], f" (a gate for each of {list(components[:-1])})"
+            ),
             DEFAULT_STAGED_TEMPERATURE if temperature is None else temperature,
         )
 
@@ -278,7 +280,11 @@ class UtilityWeights(WeightingStrategy):
         given = options.thresholds
         if given is None:
             given = (PAPER_THRESHOLD,) * (num - 1)
-        thresholds = _check_unit_thresholds(given, [num - 1, num])
+        thresholds = _check_unit_thresholds(
+            given,
+            [num - 1, num],
+            f" (one per component of {list(components)}, or all but the last)",
+        )
         if len(thresholds) == num - 1:
             thresholds = (*thresholds, UNGATED_THRESHOLD)
         temperature = options.temperature
