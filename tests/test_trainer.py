@@ -194,6 +194,28 @@ def test_normalize_then_sum_uses_the_curriculums_per_group_weights(tiny_model_di
     torch.testing.assert_close(advantages.double(), expected, atol=1e-5, rtol=0)
 
 
+def test_per_component_bounds_from_config_normalise_each_component(tiny_model_dir, tmp_path):
+    """reward.lo / reward.hi as mappings: a reward whose components live on different scales
+    (VideoAlign's are unbounded logits) is mapped to [0, 1] per component, then clipped."""
+    trainer = make_trainer(
+        tiny_model_dir,
+        tmp_path,
+        "selfpaced",
+        ["reward.lo={vq: -2, mq: 0, ta: 0.5}", "reward.hi={vq: 2, mq: 1, ta: 1}"],
+    )
+    components = {
+        "vq": torch.tensor([-2.0, 0.0, 1.0, 3.0]),
+        "mq": torch.tensor([0.1, 0.2, 0.3, 0.4]),
+        "ta": torch.tensor([0.25, 0.5, 0.75, 1.0]),
+    }
+    trainer.reward = lambda videos, prompts: components
+    _, _, weighted = trainer.score(torch.empty(0), ["p"] * 4)
+    expected = torch.tensor(
+        [[0.0, 0.1, 0.0], [0.5, 0.2, 0.0], [0.75, 0.3, 0.5], [1.0, 0.4, 1.0]]
+    )  # vq (r + 2)/4 clipped, mq as is, ta (r − 0.5)/0.5 clipped
+    torch.testing.assert_close(weighted.normalized, expected)
+
+
 # ---------------------------------------------------------------------- moving anchor
 
 

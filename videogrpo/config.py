@@ -125,8 +125,12 @@ class RewardConfig:
         "Map components to [0, 1] with fixed lo/hi or calibrate them.",
         choices=("fixed", "calibrate"),
     )
-    lo: float = setting(0.0, "Fixed normalisation: score mapped to 0.")
-    hi: float = setting(1.0, "Fixed normalisation: score mapped to 1.")
+    lo: float | dict[str, float] = setting(
+        0.0, "Fixed normalisation: score mapped to 0; one number, or one per component."
+    )
+    hi: float | dict[str, float] = setting(
+        1.0, "Fixed normalisation: score mapped to 1; one number, or one per component."
+    )
     calibration_iterations: int = setting(
         10, "calibrate: iterations whose rewards set lo/hi.", ge=1
     )
