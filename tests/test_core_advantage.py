@@ -84,6 +84,16 @@ def test_per_group_weights_set_each_standardised_components_share():
         advantage.weighted_group_advantages(scores, torch.ones(4, 2), group_size=2)
 
 
+def test_extremes_mask_keeps_each_groups_best_and_worst():
+    advantages = torch.tensor([0.5, -1.0, 2.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    # group 1 ascending: −1 (#1), 0 (#3), 0.5 (#0), 2 (#2); a tie group falls back to position.
+    mask = advantage.extremes_mask(advantages, group_size=4, count=1)
+    assert mask.tolist() == [False, True, True, False, True, False, False, True]
+    assert advantage.extremes_mask(advantages, group_size=4, count=2).all()
+    with pytest.raises(ValueError, match="count must be >= 0"):
+        advantage.extremes_mask(advantages, group_size=4, count=-1)
+
+
 def test_zero_std_group_fraction():
     rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 2.0, float("nan"), 5.0, 5.0])
     assert advantage.zero_std_group_fraction(rewards, group_size=2) == 0.75

@@ -58,6 +58,7 @@ def assert_nothing_written(output_dir) -> None:
         # Two components left in the order but the preset's two gates kept: one gate too many.
         ("selfpaced", "reward.order=[vq, mq]", "reward (staged curriculum): thresholds"),
         ("selfpaced", "reward.order=[vq, mq, motion]", "'motion'"),
+        ("dancegrpo", "data.train_extremes=2", "exceed data.group_size 2"),
         ("selfpaced", "reward.lo={vq: 0.5, mq: 0}", "lo = {'vq': 0.5, 'mq': 0.0}: missing ['ta']"),
         # Valid one by one, impossible together: 4 of the 4 steps from random_fraction, a window
         # longer than the 3 SDE steps. Guards the bug where these crashed with a traceback at

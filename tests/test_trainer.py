@@ -103,6 +103,37 @@ def test_first_optimizer_step_replays_at_ratio_exactly_one(
             assert torch.equal(log_prob, old_log_prob)
 
 
+def test_train_extremes_replays_only_each_groups_best_and_worst_at_ratio_one(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """data.train_extremes=1 of groups of 4: the update sees exactly the highest and lowest
+    advantage of each group, and their recomputed log π_old keeps the first replay at ratio 1."""
+    log = ReplayLog(monkeypatch)
+    seen = []
+    original_update = trainer_module.policy_update
+
+    def record_batch(model, optimizer, batch, *args, **kwargs):
+        seen.append((batch.advantages.clone(), batch.trained.clone()))
+        return original_update(model, optimizer, batch, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "policy_update", record_batch)
+    settings = ["data.group_size=4", "data.train_extremes=1", "optim.minibatches=1"]
+    trainer = make_trainer(tiny_model_dir, tmp_path, "dancegrpo", settings)
+    metrics = trainer.step().metrics
+    (advantages, trained), (calls,) = seen[0], log.minibatches(0)
+    groups = zip(advantages.reshape(-1, 4), trained.reshape(-1, 4, trained.shape[1]), strict=True)
+    for group, rows in groups:
+        kept = rows.any(dim=1)
+        assert kept.sum() == 2
+        assert set(torch.nonzero(kept).flatten().tolist()) == {
+            int(group.argmin()),
+            int(group.argmax()),
+        }
+    for log_prob, old_log_prob in calls:
+        assert torch.equal(log_prob, old_log_prob)
+    assert metrics["policy/ratio_mean"] == 1.0 and metrics["time/old_log_probs"] > 0
+
+
 # ---------------------------------------------------------------------- presets on disk
 
 

@@ -86,6 +86,12 @@ class DataConfig:
         False,
         "Start a group's samples from one noise (DanceGRPO), so they differ by the SDE alone.",
     )
+    train_extremes: int = setting(
+        0,
+        "Train only the k highest and k lowest advantages of each group, the advantages "
+        "computed over the whole group (DanceGRPO: 4 + 4 of 24); 0 trains every sample.",
+        ge=0,
+    )
 
     @property
     def noise_group_size(self) -> int:
@@ -228,6 +234,11 @@ class TrainConfig:
             raise UserError(
                 f"optim.minibatches: {self.optim.minibatches} does not divide the batch of "
                 f"{batch} samples (data.prompts_per_iteration × data.group_size)"
+            )
+        if 2 * self.data.train_extremes > self.data.group_size:
+            raise UserError(
+                f"data.train_extremes: {self.data.train_extremes} best + "
+                f"{self.data.train_extremes} worst exceed data.group_size {self.data.group_size}"
             )
         if self.kl.coef_start > self.kl.coef_max:
             raise UserError(

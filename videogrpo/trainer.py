@@ -21,7 +21,7 @@ from videogrpo.errors import UserError
 from videogrpo.models.base import VideoGenerator
 from videogrpo.references import MovingAnchor, needs_reference_means, reference_context
 from videogrpo.rewards.base import RewardModel
-from videogrpo.rollout import Trajectories, row_batches, sample_trajectories
+from videogrpo.rollout import Trajectories, sample_trajectories
 from videogrpo.update import UpdateBatch, UpdateSettings, policy_update
 
 
@@ -195,37 +195,64 @@ class GRPOTrainer:
         scale = 1.0 if warmup == 0 else min(1.0, (self.iteration + 1) / warmup)
         return self.config.optim.lr * scale
 
+    @torch.no_grad()
+    def replay(
+        self, trajectories: Trajectories, trained: Tensor, chunks: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """μ and log π of the model as it is now at every trained (step, sample), batched
+        exactly as the update will replay them; NaN elsewhere."""
+        settings, embeddings = self.settings, self.model.encode_prompts(trajectories.prompts)
+        means = torch.full_like(trajectories.states[1:], float("nan"))
+        log_probs = torch.full_like(trajectories.log_probs, float("nan"))
+        for k in range(settings.sigmas.numel() - 1):
+            sigma, sigma_next = settings.sigmas[k].item(), settings.sigmas[k + 1].item()
+            for chunk in chunks:
+                rows = chunk[trained[chunk, k]]
+                if rows.numel() == 0:
+                    continue
+                x = trajectories.states[k, rows]
+                velocity = self.model.velocity(
+                    x,
+                    torch.full((rows.numel(),), sigma),
+                    embeddings.select(rows),
+                    settings.guidance_scale,
+                )
+                out = sde.step(
+                    settings.rule,
+                    velocity,
+                    x,
+                    sigma,
+                    sigma_next,
+                    eta=settings.eta,
+                    prev_sample=trajectories.states[k + 1, rows],
+                    sigma_clamp=settings.sigma_clamp,
+                    log_prob_reduction=settings.log_prob_reduction,
+                )
+                means[k, rows], log_probs[k, rows] = out.mean, out.log_prob
+        return means, log_probs
+
     def reference_means(self, trajectories: Trajectories, trained: Tensor, chunks: list[Tensor]):
         """μ_ref at every trained (step, sample), batched exactly as the update will replay."""
         if not needs_reference_means(self.config.kl.reference):
             return None
-        settings, embeddings = self.settings, self.model.encode_prompts(trajectories.prompts)
-        means = torch.full_like(trajectories.states[1:], float("nan"))
-        with torch.no_grad(), reference_context(self.model, self.config.kl.reference, self.anchor):
-            for k in range(settings.sigmas.numel() - 1):
-                sigma, sigma_next = settings.sigmas[k].item(), settings.sigmas[k + 1].item()
-                for chunk in chunks:
-                    rows = row_batches(chunk, trained[:, k])[0] if trained[chunk, k].any() else None
-                    if rows is None:
-                        continue
-                    x = trajectories.states[k, rows]
-                    velocity = self.model.velocity(
-                        x,
-                        torch.full((rows.numel(),), sigma),
-                        embeddings.select(rows),
-                        settings.guidance_scale,
-                    )
-                    means[k, rows] = sde.step(
-                        settings.rule,
-                        velocity,
-                        x,
-                        sigma,
-                        sigma_next,
-                        eta=settings.eta,
-                        prev_sample=trajectories.states[k + 1, rows],
-                        sigma_clamp=settings.sigma_clamp,
-                    ).mean
-        return means
+        with reference_context(self.model, self.config.kl.reference, self.anchor):
+            return self.replay(trajectories, trained, chunks)[0]
+
+    def keep_extremes(
+        self, trajectories: Trajectories, advantages: Tensor, trained: Tensor, chunks: list[Tensor]
+    ) -> Tensor:
+        """Train only each group's best and worst samples (data.train_extremes), and recompute
+        their log π_old in the update's smaller batches so the first replay is exactly ratio 1."""
+        keep = advantage.extremes_mask(
+            advantages, self.config.data.group_size, self.config.data.train_extremes
+        )
+        trained = trained & keep[:, None]
+        means, log_probs = self.replay(trajectories, trained, chunks)
+        steps = trained.T
+        trajectories.log_probs[steps] = log_probs[steps]
+        if trajectories.means is not None:
+            trajectories.means[steps] = means[steps]
+        return trained
 
     def score(self, videos: Tensor, prompts: list[str]) -> tuple[dict[str, Tensor], Tensor, dict]:
         """Reward components, the weighted composite (static or self-paced) and advantages."""
@@ -299,6 +326,10 @@ class GRPOTrainer:
         videos = self.model.decode(trajectories.final)
         components, advantages, weighted = self.score(videos, prompts)
         timings["time/reward"] = time.perf_counter() - start
+        if config.data.train_extremes:
+            start = time.perf_counter()
+            trained = self.keep_extremes(trajectories, advantages, trained, chunks)
+            timings["time/old_log_probs"] = time.perf_counter() - start
 
         start = time.perf_counter()
         reference_means = self.reference_means(trajectories, trained, chunks)

@@ -142,6 +142,24 @@ def zero_std_group_fraction(
     return flat.double().mean().item()
 
 
+def extremes_mask(advantages: Tensor, group_size: int, count: int) -> Tensor:
+    """(B,) bool: the ``count`` highest and ``count`` lowest advantages of each group.
+
+    DanceGRPO trains only these (best 4 + worst 4 of 24): the middle of a group carries the
+    least advantage per forward pass. Ties are broken by position (a stable sort).
+    """
+    grouped = _grouped(advantages, group_size)
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if 2 * count >= group_size:
+        return torch.ones(advantages.shape, dtype=torch.bool)
+    order = grouped.argsort(dim=1, stable=True)
+    picked = torch.cat([order[:, :count], order[:, group_size - count :]], dim=1)
+    mask = torch.zeros(grouped.shape, dtype=torch.bool)
+    mask.scatter_(1, picked, True)
+    return mask.reshape(-1)
+
+
 def mean_group_std(rewards: Tensor, group_size: int) -> float:
     """Population std of the valid rewards within each group, averaged over groups.
 
