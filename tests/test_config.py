@@ -127,6 +127,12 @@ def test_wrong_type_names_the_key_and_the_value(override, key, bad):
     assert message.startswith(f"{key}:") and bad in message
 
 
+def test_a_wrong_type_for_a_union_lists_every_form_allowed():
+    message = user_error(["reward.lo=[0, 0, 0]"])
+    assert "expected float or dict[str, float], got [0, 0, 0]" in message
+    assert "expected list[float] or null, got 'x'" in user_error(["reward.thresholds=x"])
+
+
 @pytest.mark.parametrize(
     ("override", "key", "allowed"),
     [

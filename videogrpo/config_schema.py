@@ -43,7 +43,10 @@ def section(cls: type) -> Any:
 
 
 def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
+    """`float`, `dict[str, float]`: generic aliases keep their arguments in the message."""
+    if typing.get_origin(annotation) is not None:
+        return str(annotation).replace("typing.", "")
+    return getattr(annotation, "__name__", str(annotation))
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -60,7 +63,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
                 return _coerce(key, value, option)
             except UserError:
                 continue
-        allowed = " or ".join(_type_name(o) for o in options)
+        allowed = " or ".join("null" if o is type(None) else _type_name(o) for o in options)
         raise UserError(f"{key}: expected {allowed}, got {value!r}")
     if origin is list:
         if not isinstance(value, list | tuple):
