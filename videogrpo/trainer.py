@@ -18,7 +18,7 @@ from videogrpo.core.curriculum import RewardCurriculum, build_curriculum
 from videogrpo.core.kl import KLSchedule, make_kl_schedule
 from videogrpo.core.selection import StepSelector, make_selection
 from videogrpo.errors import UserError
-from videogrpo.models.base import VideoGenerator
+from videogrpo.models.base import PromptEmbeddings, VideoGenerator
 from videogrpo.references import MovingAnchor, needs_reference_means, reference_context
 from videogrpo.rewards.base import RewardModel
 from videogrpo.rollout import Trajectories, sample_trajectories
@@ -197,11 +197,15 @@ class GRPOTrainer:
 
     @torch.no_grad()
     def replay(
-        self, trajectories: Trajectories, trained: Tensor, chunks: list[Tensor]
+        self,
+        trajectories: Trajectories,
+        embeddings: PromptEmbeddings,
+        trained: Tensor,
+        chunks: list[Tensor],
     ) -> tuple[Tensor, Tensor]:
         """μ and log π of the model as it is now at every trained (step, sample), batched
         exactly as the update will replay them; NaN elsewhere."""
-        settings, embeddings = self.settings, self.model.encode_prompts(trajectories.prompts)
+        settings = self.settings
         means = torch.full_like(trajectories.states[1:], float("nan"))
         log_probs = torch.full_like(trajectories.log_probs, float("nan"))
         for k in range(settings.sigmas.numel() - 1):
@@ -213,7 +217,7 @@ class GRPOTrainer:
                 x = trajectories.states[k, rows]
                 velocity = self.model.velocity(
                     x,
-                    torch.full((rows.numel(),), sigma),
+                    torch.full((rows.numel(),), sigma, device=x.device),
                     embeddings.select(rows),
                     settings.guidance_scale,
                 )
@@ -231,15 +235,26 @@ class GRPOTrainer:
                 means[k, rows], log_probs[k, rows] = out.mean, out.log_prob
         return means, log_probs
 
-    def reference_means(self, trajectories: Trajectories, trained: Tensor, chunks: list[Tensor]):
+    def reference_means(
+        self,
+        trajectories: Trajectories,
+        embeddings: PromptEmbeddings,
+        trained: Tensor,
+        chunks: list[Tensor],
+    ) -> Tensor | None:
         """μ_ref at every trained (step, sample), batched exactly as the update will replay."""
         if not needs_reference_means(self.config.kl.reference):
             return None
         with reference_context(self.model, self.config.kl.reference, self.anchor):
-            return self.replay(trajectories, trained, chunks)[0]
+            return self.replay(trajectories, embeddings, trained, chunks)[0]
 
     def keep_extremes(
-        self, trajectories: Trajectories, advantages: Tensor, trained: Tensor, chunks: list[Tensor]
+        self,
+        trajectories: Trajectories,
+        embeddings: PromptEmbeddings,
+        advantages: Tensor,
+        trained: Tensor,
+        chunks: list[Tensor],
     ) -> Tensor:
         """Train only each group's best and worst samples (data.train_extremes), and recompute
         their log π_old in the update's smaller batches so the first replay is exactly ratio 1."""
@@ -247,7 +262,7 @@ class GRPOTrainer:
             advantages, self.config.data.group_size, self.config.data.train_extremes
         )
         trained = trained & keep[:, None]
-        means, log_probs = self.replay(trajectories, trained, chunks)
+        means, log_probs = self.replay(trajectories, embeddings, trained, chunks)
         steps = trained.T
         trajectories.log_probs[steps] = log_probs[steps]
         if trajectories.means is not None:
@@ -328,11 +343,11 @@ class GRPOTrainer:
         timings["time/reward"] = time.perf_counter() - start
         if config.data.train_extremes:
             start = time.perf_counter()
-            trained = self.keep_extremes(trajectories, advantages, trained, chunks)
+            trained = self.keep_extremes(trajectories, embeddings, advantages, trained, chunks)
             timings["time/old_log_probs"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        reference_means = self.reference_means(trajectories, trained, chunks)
+        reference_means = self.reference_means(trajectories, embeddings, trained, chunks)
         timings["time/reference"] = time.perf_counter() - start
 
         start = time.perf_counter()
