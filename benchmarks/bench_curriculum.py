@@ -15,7 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
-from videogrpo.run import train
+from videogrpo.runs.train import train
 
 WEIGHTINGS: dict[str, list[str]] = {
     "static 1/1/1": ["reward.curriculum=static", "reward.weights={vq: 1, mq: 1, ta: 1}"],

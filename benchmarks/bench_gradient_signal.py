@@ -24,10 +24,10 @@ from torch import Tensor
 
 from videogrpo.config import load_config
 from videogrpo.core import sde
-from videogrpo.rollout import sample_trajectories
-from videogrpo.run import load_model, load_reward
-from videogrpo.trainer import GRPOTrainer
-from videogrpo.world.grammar import prompts as split_prompts
+from videogrpo.embedded.world.grammar import prompts as split_prompts
+from videogrpo.runs.train import load_model, load_reward
+from videogrpo.training.rollout import sample_trajectories
+from videogrpo.training.trainer import GRPOTrainer
 
 
 def per_step_gradients(trainer: GRPOTrainer, num_samples: int) -> tuple[Tensor, Tensor]:

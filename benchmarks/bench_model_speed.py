@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from videogrpo.models.tiny_wan import TinyWan, TinyWanConfig
+from videogrpo.embedded.tiny_wan import TinyWan, TinyWanConfig
 
 PATCH_SIZES = ((1, 4, 4), (1, 8, 8), (2, 4, 4), (2, 8, 8))
 PATCH_BATCH = 8  # clips per timed step in the patch-size comparison

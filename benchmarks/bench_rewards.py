@@ -15,9 +15,9 @@ import time
 
 import torch
 
+from videogrpo.embedded.world.grammar import sample_prompts
+from videogrpo.embedded.world.render import FRAMES, HEIGHT, WIDTH, render_prompts
 from videogrpo.rewards.world import WorldReward
-from videogrpo.world.grammar import sample_prompts
-from videogrpo.world.render import FRAMES, HEIGHT, WIDTH, render_prompts
 
 
 def measure(batch: int, repeats: int) -> float:

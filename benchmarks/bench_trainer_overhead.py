@@ -17,10 +17,10 @@ import time
 import torch
 
 from videogrpo.config import load_config
-from videogrpo.prompts import load_prompts
-from videogrpo.references import needs_reference_means
-from videogrpo.run import load_model, load_reward
-from videogrpo.trainer import GRPOTrainer
+from videogrpo.runs.train import load_model, load_reward
+from videogrpo.training.prompts import load_prompts
+from videogrpo.training.references import needs_reference_means
+from videogrpo.training.trainer import GRPOTrainer
 
 
 def bare_iteration(trainer: GRPOTrainer) -> float:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from videogrpo.models.tiny_wan import TinyWan, TinyWanConfig
-from videogrpo.world.grammar import tokenizer_vocabulary
+from videogrpo.embedded.tiny_wan import TinyWan, TinyWanConfig
+from videogrpo.embedded.world.grammar import tokenizer_vocabulary
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 PRESETS = sorted(PRESETS_DIR.glob("*.yaml"))

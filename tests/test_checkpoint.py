@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from videogrpo.checkpoint import (
+from videogrpo.errors import UserError
+from videogrpo.runs.checkpoint import (
     SKELETON_FILE,
     TENSORS_FILE,
     load_state,
@@ -21,7 +22,6 @@ from videogrpo.checkpoint import (
     save_state,
     write_atomically,
 )
-from videogrpo.errors import UserError
 
 
 def assert_same(loaded, original) -> None:

@@ -11,7 +11,7 @@ import yaml
 from conftest import PRESET_IDS, PRESETS, setting_keys
 
 from videogrpo.config import TrainConfig, config_to_yaml, load_config
-from videogrpo.config_schema import describe
+from videogrpo.config.schema import describe
 from videogrpo.errors import UserError
 
 

@@ -8,9 +8,9 @@ import torch
 from conftest import MICRO_CONFIG, MICRO_WORDS
 from diffusers import WanTransformer3DModel
 
+from videogrpo.embedded.clean_prediction import MIN_CONVERSION_SIGMA
+from videogrpo.embedded.tiny_wan import TinyWan, TinyWanConfig
 from videogrpo.errors import UserError
-from videogrpo.models.clean_prediction import MIN_CONVERSION_SIGMA
-from videogrpo.models.tiny_wan import TinyWan, TinyWanConfig
 
 # Float32 round-off of one conversion (x − x̂₀)/σ on values of order 1.
 TOLERANCE = 1e-5

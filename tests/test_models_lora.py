@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import MICRO_CONFIG, MICRO_WORDS
 
-from videogrpo.models.tiny_wan import TinyWan
+from videogrpo.embedded.tiny_wan import TinyWan
 
 PROMPTS = ["a red circle moves left", "a blue square moves right slowly"]
 # Rank 4 with alpha 8: scaling alpha/rank = 2 ≠ 1, so an exporter that drops alpha is caught.

@@ -6,13 +6,13 @@ import pytest
 import torch
 from conftest import MICRO_CONFIG, MICRO_WORDS
 
+from videogrpo.embedded.tiny_wan import WEIGHTS_FILE, TinyWan, TinyWanConfig
+from videogrpo.embedded.world import grammar
 from videogrpo.errors import UserError
-from videogrpo.evaluation import evaluate
-from videogrpo.models import tiny_wan
+from videogrpo.embedded import tiny_wan
 from videogrpo.models.base import PromptEmbeddings, VideoGenerator
-from videogrpo.models.tiny_wan import WEIGHTS_FILE, TinyWan, TinyWanConfig
 from videogrpo.rewards.world import WorldReward
-from videogrpo.world import grammar
+from videogrpo.runs.evaluation import evaluate
 
 PROMPTS = ["a red circle moves left", "a blue square moves right slowly on black"]
 

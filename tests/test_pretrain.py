@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
+from videogrpo.embedded.pretrain import PretrainConfig, learning_rate, pretrain
+from videogrpo.embedded.tiny_wan import TinyWan
 from videogrpo.errors import UserError
-from videogrpo.models.tiny_wan import TinyWan
-from videogrpo.pretrain import PretrainConfig, learning_rate, pretrain
 
 TINY = dict(batch_size=2, eval_every=1000, eval_prompts=2, eval_steps=2, checkpoint_every=1000)
 

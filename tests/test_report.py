@@ -10,8 +10,8 @@ import yaml
 
 from videogrpo.cli import main
 from videogrpo.errors import UserError
-from videogrpo.report import REPORT_FILE, write_report
-from videogrpo.video_io import write_gif
+from videogrpo.runs.report import REPORT_FILE, write_report
+from videogrpo.runs.video_io import write_gif
 
 ITERATIONS = 6
 EVAL_ITERATIONS = (0, 5)

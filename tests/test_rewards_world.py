@@ -7,17 +7,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from videogrpo.errors import UserError
-from videogrpo.rewards.base import RewardModel, composite
-from videogrpo.rewards.world import WorldReward
-from videogrpo.world.grammar import (
+from videogrpo.embedded.world.grammar import (
     VOCABULARY,
     all_attributes,
     format_prompt,
     parse_prompt,
     sample_prompts,
 )
-from videogrpo.world.render import BACKGROUND_RGB, FRAMES, render_prompts
+from videogrpo.embedded.world.render import BACKGROUND_RGB, FRAMES, render_prompts
+from videogrpo.errors import UserError
+from videogrpo.rewards.base import RewardModel, composite
+from videogrpo.rewards.world import WorldReward
 
 reward = WorldReward()
 PROMPTS = sample_prompts(48, "all", 0)

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from videogrpo.core import schedule, sde
-from videogrpo.models.tiny_wan import TinyWan, load_default
-from videogrpo.rollout import initial_noise, row_batches, sample_trajectories
-from videogrpo.world.grammar import HELDOUT_PROMPTS, TRAIN_PROMPTS
+from videogrpo.embedded.tiny_wan import TinyWan, load_default
+from videogrpo.embedded.world.grammar import HELDOUT_PROMPTS, TRAIN_PROMPTS
+from videogrpo.training.rollout import initial_noise, row_batches, sample_trajectories
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

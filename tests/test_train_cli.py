@@ -13,7 +13,7 @@ import pytest
 from conftest import HELDOUT_PROMPT, PRESETS_DIR, setting_keys, tiny_settings
 
 from videogrpo.cli import main
-from videogrpo.video_io import read_video
+from videogrpo.runs.video_io import read_video
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,20 +14,20 @@ import pytest
 import torch
 from conftest import PRESET_IDS, PRESETS, PRESETS_DIR, tiny_settings
 
-import videogrpo.trainer as trainer_module
-import videogrpo.update as update_module
-from videogrpo.checkpoint import load_state
+import videogrpo.training.trainer as trainer_module
+import videogrpo.training.update as update_module
 from videogrpo.config import load_config
 from videogrpo.core import equalizer, schedule
-from videogrpo.models.tiny_wan import TinyWan
-from videogrpo.prompts import load_prompts
-from videogrpo.references import MovingAnchor
-from videogrpo.report.charts import chart_sections
-from videogrpo.rollout import initial_noise
-from videogrpo.run import apply_run_weights, load_model, load_reward, train
-from videogrpo.tracking import MetricsLog
-from videogrpo.trainer import GRPOTrainer
-from videogrpo.world.grammar import HELDOUT_PROMPTS
+from videogrpo.embedded.tiny_wan import TinyWan
+from videogrpo.embedded.world.grammar import HELDOUT_PROMPTS
+from videogrpo.runs.checkpoint import load_state
+from videogrpo.runs.report.charts import chart_sections
+from videogrpo.runs.tracking import MetricsLog
+from videogrpo.runs.train import apply_run_weights, load_model, load_reward, train
+from videogrpo.training.prompts import load_prompts
+from videogrpo.training.references import MovingAnchor
+from videogrpo.training.rollout import initial_noise
+from videogrpo.training.trainer import GRPOTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from videogrpo.errors import UserError
-from videogrpo.video_io import (
+from videogrpo.runs.video_io import (
     MIN_VIEW_SIDE,
     read_video,
     tile_origin,

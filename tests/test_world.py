@@ -6,8 +6,7 @@ import itertools
 import pytest
 import torch
 
-from videogrpo.errors import UserError
-from videogrpo.world.grammar import (
+from videogrpo.embedded.world.grammar import (
     HELDOUT_PROMPTS,
     SENTENCE_FORM,
     TRAIN_PROMPTS,
@@ -20,7 +19,7 @@ from videogrpo.world.grammar import (
     sample_prompts,
     tokenizer_vocabulary,
 )
-from videogrpo.world.render import (
+from videogrpo.embedded.world.render import (
     BACKGROUND_RGB,
     FRAMES,
     HEIGHT,
@@ -30,6 +29,7 @@ from videogrpo.world.render import (
     render,
     render_prompts,
 )
+from videogrpo.errors import UserError
 
 TRIPLE = ("colour", "shape", "direction")
 

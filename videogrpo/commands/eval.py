@@ -31,11 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from videogrpo.errors import UserError
-    from videogrpo.evaluation import evaluate
-    from videogrpo.prompts import load_prompts
     from videogrpo.rewards.world import WorldReward
-    from videogrpo.run import load_for_inference
-    from videogrpo.video_io import write_gif
+    from videogrpo.runs.evaluation import evaluate
+    from videogrpo.runs.train import load_for_inference
+    from videogrpo.runs.video_io import write_gif
+    from videogrpo.training.prompts import load_prompts
 
     if args.samples_per_prompt < 1 or args.steps < 1:
         raise UserError("--samples-per-prompt and --steps must be at least 1")

@@ -11,7 +11,7 @@ HELP = "Pretrain the tiny Wan on the synthetic video world (how the embedded def
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from videogrpo.pretrain import PretrainConfig
+    from videogrpo.embedded.pretrain import PretrainConfig
 
     defaults = PretrainConfig()
     for field in dataclasses.fields(PretrainConfig):
@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from videogrpo.pretrain import PretrainConfig, pretrain
+    from videogrpo.embedded.pretrain import PretrainConfig, pretrain
 
     names = [field.name for field in dataclasses.fields(PretrainConfig)]
     config = PretrainConfig(**{name: getattr(args, name) for name in names})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from videogrpo.report import write_report
+from videogrpo.runs.report import write_report
 
 HELP = "Write RUN_DIR/report.html: curves, diagnostics and before/after eval videos of a run."
 

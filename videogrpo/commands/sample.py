@@ -26,9 +26,9 @@ def run(args: argparse.Namespace) -> int:
 
     from videogrpo.core import schedule
     from videogrpo.errors import UserError
-    from videogrpo.rollout import sample_trajectories
-    from videogrpo.run import load_for_inference
-    from videogrpo.video_io import video_grid, write_gif, write_mp4
+    from videogrpo.runs.train import load_for_inference
+    from videogrpo.runs.video_io import video_grid, write_gif, write_mp4
+    from videogrpo.training.rollout import sample_trajectories
 
     if args.steps < 1:
         raise UserError(f"--steps {args.steps}: need at least 1 step")

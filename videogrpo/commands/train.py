@@ -28,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from videogrpo.config import TrainConfig, config_to_yaml, load_config
-    from videogrpo.config_schema import describe
+    from videogrpo.config.schema import describe
     from videogrpo.errors import UserError
-    from videogrpo.run import train
+    from videogrpo.runs.train import train
 
     if args.list_settings:
         for key, default, help_text in describe(TrainConfig):

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from videogrpo.errors import UserError
-from videogrpo.world.grammar import Attributes, parse_prompt
-from videogrpo.world.render import (
+from videogrpo.embedded.world.grammar import Attributes, parse_prompt
+from videogrpo.embedded.world.render import (
     BACKGROUND_RGB,
     DIRECTION_TABLE,
     OBJECT_RGB,
@@ -25,6 +24,7 @@ from videogrpo.world.render import (
     SHAPE_TEMPLATES,
     SPEED_TABLE,
 )
+from videogrpo.errors import UserError
 
 COMPONENTS = ("vq", "mq", "ta")
 TA_ATTRIBUTES = ("background", "colour", "shape", "direction", "speed")

@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from videogrpo.errors import UserError
-from videogrpo.report.data import REPORT_FILE, load_run
-from videogrpo.report.page import render_page
-from videogrpo.video_io import atomic_output
+from videogrpo.runs.report.data import REPORT_FILE, load_run
+from videogrpo.runs.report.page import render_page
+from videogrpo.runs.video_io import atomic_output
 
 __all__ = ["REPORT_FILE", "write_report"]
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from videogrpo.core import schedule
 from videogrpo.models.base import VideoGenerator
 from videogrpo.rewards.base import RewardModel
-from videogrpo.rollout import sample_trajectories
+from videogrpo.training.rollout import sample_trajectories
 
 # Rows per model call during eval; bounds memory, not results (each sample has its own noise).
 EVAL_CHUNK = 64

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from videogrpo.report.data import COMPOSITE, EVAL_AXES, ITERATION_KEY, Row
-from videogrpo.report.svg import Chart, Series, y_range
+from videogrpo.runs.report.data import COMPOSITE, EVAL_AXES, ITERATION_KEY, Row
+from videogrpo.runs.report.svg import Chart, Series, y_range
 
 # Unrecognised metrics are still charted, grouped by prefix, this many lines to a chart.
 MAX_LINES_PER_OTHER_CHART = 6

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from videogrpo.config_schema import apply_override, from_dict, section, setting, to_dict
+from videogrpo.config.schema import apply_override, from_dict, section, setting, to_dict
 from videogrpo.errors import UserError
 
 STEP_RULES = ("ode", "dance", "flow", "sage", "cps")

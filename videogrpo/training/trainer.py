@@ -19,10 +19,10 @@ from videogrpo.core.kl import KLSchedule, make_kl_schedule
 from videogrpo.core.selection import StepSelector, make_selection
 from videogrpo.errors import UserError
 from videogrpo.models.base import PromptEmbeddings, VideoGenerator
-from videogrpo.references import MovingAnchor, needs_reference_means, reference_context
 from videogrpo.rewards.base import RewardModel
-from videogrpo.rollout import Trajectories, sample_trajectories
-from videogrpo.update import UpdateBatch, UpdateSettings, policy_update
+from videogrpo.training.references import MovingAnchor, needs_reference_means, reference_context
+from videogrpo.training.rollout import Trajectories, sample_trajectories
+from videogrpo.training.update import UpdateBatch, UpdateSettings, policy_update
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from videogrpo.embedded.world import grammar
 from videogrpo.errors import UserError
-from videogrpo.world import grammar
 
 WORLD_SPLITS = ("train", "heldout", "all")
 

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from videogrpo.checkpoint import write_text_atomically
+from videogrpo.runs.checkpoint import write_text_atomically
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from videogrpo.embedded.world.grammar import VOCABULARY, Attributes, parse_prompt
 from videogrpo.errors import UserError
-from videogrpo.world.grammar import VOCABULARY, Attributes, parse_prompt
 
 # 8 frames of 32 x 32: small enough for a CPU model, long enough to show motion at two speeds.
 FRAMES = 8

@@ -17,8 +17,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from videogrpo.report.charts import ChartSection, chart_sections
-from videogrpo.report.data import (
+from videogrpo.runs.report.charts import ChartSection, chart_sections
+from videogrpo.runs.report.data import (
     EVAL_AXES,
     EVAL_FILE,
     EVAL_VIDEOS_DIR,
@@ -32,7 +32,7 @@ from videogrpo.report.data import (
     read_prompts,
     setting,
 )
-from videogrpo.report.svg import Chart, render_svg
+from videogrpo.runs.report.svg import Chart, render_svg
 
 # Config settings shown in the header, as dotted paths into config.yaml.
 HEADER_SETTINGS = (

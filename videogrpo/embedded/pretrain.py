@@ -18,19 +18,19 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from videogrpo.checkpoint import (
+from videogrpo.embedded.tiny_wan import TinyWan, TinyWanConfig
+from videogrpo.embedded.world import grammar
+from videogrpo.embedded.world.render import render_prompts
+from videogrpo.errors import UserError
+from videogrpo.rewards.world import WorldReward
+from videogrpo.runs.checkpoint import (
     load_state,
     restore_rng_state,
     rng_state,
     save_state,
     write_atomically,
 )
-from videogrpo.errors import UserError
-from videogrpo.evaluation import evaluate
-from videogrpo.models.tiny_wan import TinyWan, TinyWanConfig
-from videogrpo.rewards.world import WorldReward
-from videogrpo.world import grammar
-from videogrpo.world.render import render_prompts
+from videogrpo.runs.evaluation import evaluate
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from videogrpo.checkpoint import (
+from videogrpo.runs.checkpoint import (
     load_state,
     restore_rng_state,
     rng_state,
@@ -25,15 +25,15 @@ from videogrpo.checkpoint import (
     write_text_atomically,
 )
 from videogrpo.config import TrainConfig, config_to_yaml, load_config
-from videogrpo.config_schema import to_dict
+from videogrpo.config.schema import to_dict
 from videogrpo.errors import UserError
-from videogrpo.evaluation import EvalResult, evaluate
+from videogrpo.runs.evaluation import EvalResult, evaluate
 from videogrpo.models.base import VideoGenerator
-from videogrpo.prompts import load_prompts
+from videogrpo.training.prompts import load_prompts
 from videogrpo.rewards.base import RewardModel
-from videogrpo.tracking import MetricsLog
-from videogrpo.trainer import GRPOTrainer, IterationResult
-from videogrpo.video_io import write_gif
+from videogrpo.runs.tracking import MetricsLog
+from videogrpo.training.trainer import GRPOTrainer, IterationResult
+from videogrpo.runs.video_io import write_gif
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoint"
@@ -57,7 +57,7 @@ def enable_training_mode(model: VideoGenerator, config: TrainConfig) -> VideoGen
 
 def load_model(config: TrainConfig) -> VideoGenerator:
     """The configured backbone with its trainable part (LoRA or full) switched on."""
-    from videogrpo.models.tiny_wan import TinyWan, load_default
+    from videogrpo.embedded.tiny_wan import TinyWan, load_default
 
     path = config.model.path
     model = load_default() if path is None else TinyWan.from_pretrained(path)
@@ -66,7 +66,7 @@ def load_model(config: TrainConfig) -> VideoGenerator:
 
 def load_for_inference(model_dir: str | None, run_dir: str | None) -> VideoGenerator:
     """A base model (the embedded default or a folder), with a run's trained weights if given."""
-    from videogrpo.models.tiny_wan import TinyWan, load_default
+    from videogrpo.embedded.tiny_wan import TinyWan, load_default
 
     model = load_default() if model_dir is None else TinyWan.from_pretrained(model_dir)
     if run_dir is not None:
@@ -101,7 +101,7 @@ def load_reward(config: TrainConfig) -> RewardModel:
 def check_prompts(config: TrainConfig, prompts: list[str]) -> None:
     """The world reward scores only its grammar: reject other prompts before the run starts."""
     if config.reward.name == "world":
-        from videogrpo.world.grammar import parse_prompt
+        from videogrpo.embedded.world.grammar import parse_prompt
 
         for prompt in dict.fromkeys(prompts):
             parse_prompt(prompt)
@@ -296,7 +296,7 @@ def train(
     }
     write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     metrics.close()
-    from videogrpo.report import write_report
+    from videogrpo.runs.report import write_report
 
     write_report(run_dir)
     return RunResult(run_dir, summary)

@@ -20,7 +20,7 @@ from videogrpo.core import kl as kl_terms
 from videogrpo.core import sde
 from videogrpo.core.loss import clipped_policy_loss
 from videogrpo.models.base import PromptEmbeddings, VideoGenerator
-from videogrpo.rollout import Trajectories
+from videogrpo.training.rollout import Trajectories
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
+from videogrpo.embedded.clean_prediction import CleanPredictionWanTransformer
+from videogrpo.embedded.text import build_tiny_umt5, build_word_tokenizer
 from videogrpo.errors import UserError
 from videogrpo.models.base import DEFAULT_TIMESTEP_SCALE, PromptEmbeddings, guided_velocity
-from videogrpo.models.clean_prediction import CleanPredictionWanTransformer
 from videogrpo.models.lora import (
     WAN_LORA_TARGET_MODULES,
     adapters_disabled,
@@ -28,13 +29,12 @@ from videogrpo.models.lora import (
     has_lora,
     save_lora_for_pipeline,
 )
-from videogrpo.models.text import build_tiny_umt5, build_word_tokenizer
 
 CONFIG_FILE = "config.json"
 VOCABULARY_FILE = "vocabulary.json"
 WEIGHTS_FILE = "model.safetensors"
 # Where `videogrpo pretrain` writes the shipped weights and `load_default` reads them.
-DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny_wan"
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "assets" / "tiny_wan"
 # Wan 2.1's sampling shift in the reference implementations (ALGORITHMS §1).
 WAN_FLOW_SHIFT = 3.0
 # The network's output parametrisation → the transformer class that turns it into a velocity.
