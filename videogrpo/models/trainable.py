@@ -30,6 +30,9 @@ class TrainableTransformer(nn.Module):
 
     lora_pipeline_class: ClassVar[type]
     default_lora_targets: ClassVar[tuple[str, ...]] = WAN_LORA_TARGET_MODULES
+    # Attributes of the transformer that list its repeated blocks (diffusers: Wan `blocks`,
+    # CogVideoX/LTX/HunyuanVideo `transformer_blocks`).
+    block_lists: ClassVar[tuple[str, ...]] = ("blocks", "transformer_blocks")
     transformer: nn.Module
 
     def __init__(self) -> None:
@@ -74,8 +77,8 @@ class TrainableTransformer(nn.Module):
     def reference_policy(self) -> Iterator[None]:
         """The fixed KL reference: LoRA disabled, or the weights kept by enable_full_finetuning.
 
-        Full fine-tuning swaps tensor storage in and out (no copy); without either mode the
-        model is its own reference.
+        Full fine-tuning swaps the reference's values in and out; without either mode the model
+        is its own reference.
         """
         if has_lora(self.transformer):
             with adapters_disabled(self.transformer):
@@ -92,11 +95,24 @@ class TrainableTransformer(nn.Module):
             yield
 
     def _swap_reference_weights(self) -> None:
+        """Swap values, not storage: FSDP2 all-gathers from the storage a parameter was sharded
+        into, so a parameter must keep it (a sharded reference swaps shard for shard)."""
         assert self._reference_weights is not None
-        for name, param in self.transformer.named_parameters():
-            current = param.data
-            param.data = self._reference_weights[name]
-            self._reference_weights[name] = current
+        with torch.no_grad():
+            for name, param in self.transformer.named_parameters():
+                reference = self._reference_weights[name]
+                current = param.detach().clone()
+                param.copy_(reference)
+                reference.copy_(current)
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """What FSDP2 shards one by one: each transformer block, then the transformer."""
+        blocks = [
+            block
+            for name in self.block_lists
+            for block in getattr(self.transformer, name, None) or []
+        ]
+        return [*blocks, self.transformer]
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         return {

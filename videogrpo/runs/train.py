@@ -27,9 +27,11 @@ from videogrpo.runs.checkpoint import (
 )
 from videogrpo.config import TrainConfig, config_to_yaml, load_config
 from videogrpo.config.schema import to_dict
+from videogrpo.distributed.parallel import ONE_PROCESS, Parallel, parallelize
+from videogrpo.distributed.world import World
 from videogrpo.errors import UserError
 from videogrpo.models.base import VideoGenerator
-from videogrpo.models.registry import build_model, enable_training
+from videogrpo.models.registry import build_model, enable_training, resolve_device
 from videogrpo.rewards.base import RewardModel
 from videogrpo.rewards.registry import build_reward, effective_weights
 from videogrpo.runs.evaluation import EvalResult, evaluate
@@ -55,6 +57,19 @@ class RunResult:
 def load_model(config: TrainConfig) -> VideoGenerator:
     """The configured backbone with its trainable part (LoRA or full) switched on."""
     return enable_training(build_model(config.model, config.sampling), config.model)
+
+
+def load_shared_model(config: TrainConfig, world: World) -> tuple[VideoGenerator, Parallel]:
+    """`load_model` for one rank of a torchrun job: DDP replicas or FSDP2 shards of the model."""
+    if world.size == 1:
+        return load_model(config), ONE_PROCESS
+    if resolve_device(config.model.device).index is not None:
+        raise UserError(
+            f"model.device: {config.model.device!r} puts every rank on one device; use auto or "
+            "cuda (each rank takes the GPU of its LOCAL_RANK)"
+        )
+    model = build_model(config.model, config.sampling)
+    return parallelize(model, config.model, config.distributed.strategy, world)
 
 
 def load_for_inference(

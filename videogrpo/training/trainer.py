@@ -16,11 +16,13 @@ from torch import Tensor
 from videogrpo.config import TrainConfig
 from videogrpo.core import advantage
 from videogrpo.core.curriculum import CurriculumResult
+from videogrpo.distributed.layout import BatchLayout
+from videogrpo.distributed.parallel import Parallel
 from videogrpo.models.base import VideoGenerator
 from videogrpo.rewards.base import RewardModel
 from videogrpo.training import build
 from videogrpo.training.replay import UpdateBatch, keep_extremes
-from videogrpo.training.rollout import sample_trajectories
+from videogrpo.training.rollout import sample_trajectories, shared_noise_seeds
 from videogrpo.training.scoring import decode_and_score
 from videogrpo.training.update import policy_update
 
@@ -38,12 +40,18 @@ class IterationResult:
 
 @dataclass
 class GRPOTrainer:
-    """State of one run: the model and optimizer plus every schedule that must survive a resume."""
+    """State of one run: the model and optimizer plus every schedule that must survive a resume.
+
+    Under torchrun every rank holds one: all draw the same global batch, each rolls out and
+    scores its own samples (`parallel`, `distributed/layout.py`), and all compute the whole
+    batch's advantages from the gathered rewards, so every schedule stays the same everywhere.
+    """
 
     config: TrainConfig
     model: VideoGenerator
     reward: RewardModel
     prompts: list[str]
+    parallel: Parallel = field(default_factory=Parallel)
     iteration: int = 0
     optimizer_steps: int = 0
     timings: dict[str, float] = field(default_factory=dict)
@@ -114,6 +122,7 @@ class GRPOTrainer:
     def step(self, keep_videos: int = 0) -> IterationResult:
         """One GRPO iteration (ALGORITHMS §9); the first `keep_videos` rollout videos are kept."""
         config, settings, timings = self.config, self.settings, {}
+        world = self.parallel.world
         self.kl.before_iteration(self.model, self.optimizer_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
@@ -130,21 +139,28 @@ class GRPOTrainer:
         )
         trained = torch.zeros(num_samples, settings.num_steps, dtype=torch.bool)
         trained.scatter_(1, selection.trained_steps, True)
-        chunks = self.minibatches(num_samples)
-        conditioning = self.model.encode(prompts, config.sampling.negative_prompt)
+        layout = BatchLayout.split(self.minibatches(num_samples), world)
+        mine = layout.samples.tolist()
+        if config.data.shared_initial_noise:
+            initial_seeds = [shared_noise_seeds(seeds, config.data.group_size)[i] for i in mine]
+        else:
+            initial_seeds = None
+        my_prompts = [prompts[i] for i in mine]
+        conditioning = self.model.encode(my_prompts, config.sampling.negative_prompt)
         self.model.eval()
-        trajectories = sample_trajectories(
-            self.model,
-            settings,
-            conditioning,
-            seeds,
-            sde_mask=selection.sde_mask,
-            trained=trained,
-            chunks=chunks,
-            keep_means=self.kl.needs_rollout_means,
-            noise_group_size=config.data.noise_group_size,
-            storage_device=self.storage,
-        )
+        with self.parallel.gathered():
+            trajectories = sample_trajectories(
+                self.model,
+                settings,
+                conditioning,
+                [seeds[i] for i in mine],
+                sde_mask=selection.sde_mask,
+                trained=layout.local(trained),
+                chunks=layout.chunks,
+                keep_means=self.kl.needs_rollout_means,
+                initial_seeds=initial_seeds,
+                storage_device=self.storage,
+            )
         timings["time/rollout"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -152,19 +168,31 @@ class GRPOTrainer:
             self.model,
             self.reward,
             trajectories.final,
-            prompts,
+            my_prompts,
             decode_batch_size=config.memory.decode_batch_size,
-            keep_videos=keep_videos,
+            keep_videos=layout.kept(keep_videos),
         )
-        advantages, weighted = self.score(scored.rewards)
+        rewards = {
+            name: layout.to_global(world.gather_rows(values))
+            for name, values in scored.rewards.items()
+        }
+        advantages, weighted = self.score(rewards)  # the whole batch's, on every rank
         timings["time/reward"] = time.perf_counter() - start
-        batch = UpdateBatch(trajectories, conditioning, advantages, trained, chunks)
+        batch = UpdateBatch(
+            trajectories,
+            conditioning,
+            layout.local(advantages),
+            layout.local(trained),
+            layout.chunks,
+        )
         if config.data.train_extremes:
             start = time.perf_counter()
-            keep_extremes(
-                self.model, settings, batch,
-                group_size=config.data.group_size, per_side=config.data.train_extremes,
-            )  # fmt: skip
+            keep = advantage.extremes_mask(
+                advantages, config.data.group_size, config.data.train_extremes
+            )
+            trained &= keep[:, None]
+            with self.parallel.gathered():
+                keep_extremes(self.model, settings, batch, layout.local(keep))
             timings["time/old_log_probs"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -183,6 +211,8 @@ class GRPOTrainer:
             self.kl,
             epochs=config.optim.inner_epochs,
             after_step=after_step,
+            work=layout.work(trained),
+            parallel=self.parallel,
         )
         update_seconds = time.perf_counter() - start
         timings["time/reference"] = self.kl.seconds
@@ -192,11 +222,14 @@ class GRPOTrainer:
         self.iteration += 1
 
         metrics.update(timings)
-        metrics.update(self.reward_metrics(scored.rewards, weighted.composite))
+        metrics.update(self.reward_metrics(rewards, weighted.composite))
         if config.reward.curriculum != "static":  # fixed weights have nothing to chart
             metrics.update({f"curriculum/{k}": v for k, v in weighted.diagnostics.items()})
         metrics["optim/lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step used
-        return IterationResult(metrics, prompts, scored.rewards, advantages, scored.videos)
+        videos = scored.videos
+        if keep_videos and world.size > 1:
+            videos = layout.first_in_order(world.gather_optional(videos), keep_videos)
+        return IterationResult(metrics, prompts, rewards, advantages, videos)
 
     def reward_metrics(self, components: dict[str, Tensor], composite: Tensor) -> dict[str, float]:
         group_size = self.config.data.group_size

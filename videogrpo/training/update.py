@@ -15,8 +15,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
 from videogrpo.core.loss import clipped_policy_loss
+from videogrpo.distributed.layout import MinibatchWork
+from videogrpo.distributed.parallel import ONE_PROCESS, Parallel
 from videogrpo.models.base import VideoGenerator
 from videogrpo.training.replay import UpdateBatch
 from videogrpo.training.step import StepSettings, policy_step
@@ -42,10 +45,16 @@ def policy_update(
     *,
     epochs: int,
     after_step: Callable[[float], None],
+    work: list[MinibatchWork] | None = None,
+    parallel: Parallel = ONE_PROCESS,
 ) -> dict[str, float]:
     """Run `epochs` passes of one optimizer step per minibatch; return averaged diagnostics.
 
     `after_step(kl)` reports each optimizer step and its KL (the λ controller's input) once taken.
+    Under torchrun `batch` holds this rank's part of every minibatch and `work` what the whole
+    minibatch trains: every rank runs the same steps (a rank without rows for one runs a padding
+    forward) and divides by the global pair count, so the averaged gradient, the KL and the
+    diagnostics are those of one process with the whole batch.
     """
     trajectories = batch.trajectories
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -53,46 +62,53 @@ def policy_update(
     step_norm_sums: dict[int, float] = defaultdict(float)
     step_counts: dict[int, int] = defaultdict(int)
     total_pairs, optimizer_steps = 0, 0
+    work = work or local_work(batch)
     model.train()
     for _epoch in range(epochs):
         for chunk_index, chunk in enumerate(batch.chunks):
-            pairs = int(batch.trained[chunk].sum())
+            steps, pairs = work[chunk_index].steps, work[chunk_index].pairs
             if pairs == 0:
                 continue
-            reference_means = kl.reference_means(model, settings, batch, chunk_index)
+            reference_means = kl.reference_means(model, settings, batch, chunk_index, parallel)
             optimizer.zero_grad(set_to_none=True)
             coef = kl.coefficient()
             step_kl = 0.0
-            for k in torch.nonzero(batch.trained[chunk].any(dim=0)).flatten().tolist():
+            for position, k in enumerate(steps):
                 rows = chunk[batch.trained[chunk, k]]
                 n = rows.numel()
-                step = policy_step(
-                    model,
-                    settings,
-                    k,
-                    trajectories.states[k, rows].to(model.device),
-                    batch.conditioning.select(rows),
-                    prev_sample=trajectories.states[k + 1, rows].to(model.device),
-                )
-                step.velocity.retain_grad()
-                loss, stats = clipped_policy_loss(
-                    step.out.log_prob,
-                    trajectories.log_probs[k, rows].to(step.out.log_prob.device),
-                    batch.advantages[rows].to(step.out.log_prob.device),
-                    loss_settings.clip_range,
-                    weights=loss_settings.step_weights[k].expand(n),
-                )
-                terms = {
-                    name: value.mean()
-                    for name, value in kl.terms(
-                        k, rows, step.out.mean, step.out.log_prob, trajectories, reference_means
-                    ).items()
-                }
-                kl_value = kl.combine(terms)
-                total = loss if kl_value is None else loss + coef * kl_value
-                (total * (n / pairs)).backward()
+                with parallel.gradient_sync(position == len(steps) - 1):
+                    if n == 0:  # only other ranks train step k: take part in its collectives
+                        padding_step(model, settings, k, batch, chunk)
+                        continue
+                    step = policy_step(
+                        model,
+                        settings,
+                        k,
+                        trajectories.states[k, rows].to(model.device),
+                        batch.conditioning.select(rows),
+                        prev_sample=trajectories.states[k + 1, rows].to(model.device),
+                    )
+                    step.velocity.retain_grad()
+                    loss, stats = clipped_policy_loss(
+                        step.out.log_prob,
+                        trajectories.log_probs[k, rows].to(step.out.log_prob.device),
+                        batch.advantages[rows].to(step.out.log_prob.device),
+                        loss_settings.clip_range,
+                        weights=loss_settings.step_weights[k].expand(n),
+                    )
+                    terms = {
+                        name: value.mean()
+                        for name, value in kl.terms(
+                            k, rows, step.out.mean, step.out.log_prob, trajectories, reference_means
+                        ).items()
+                    }
+                    kl_value = kl.combine(terms)
+                    total = loss if kl_value is None else loss + coef * kl_value
+                    # DDP and FSDP2 average over ranks: scale this rank's share back up.
+                    (total * (n * parallel.replicas / pairs)).backward()
 
-                step_norm_sums[k] += float(step.velocity.grad.flatten(1).norm(dim=1).sum())
+                velocity_grad = step.velocity.grad.flatten(1).norm(dim=1).sum()
+                step_norm_sums[k] += float(velocity_grad) / parallel.replicas
                 step_counts[k] += n
                 sums["policy/loss"] += float(loss.detach()) * n
                 for name in ("clip_frac", "clip_frac_pos", "clip_frac_neg", "approx_kl"):
@@ -105,11 +121,15 @@ def policy_update(
                     step_kl += float(kl_value.detach()) * n / pairs
                 total_pairs += n
             grad_norm = torch.nn.utils.clip_grad_norm_(parameters, loss_settings.grad_clip)
-            sums["grad/norm"] += float(grad_norm)
+            sums["grad/norm"] += float(full_value(grad_norm))
             optimizer.step()
             optimizer_steps += 1
-            after_step(step_kl)
+            after_step(parallel.world.sum_float(step_kl))  # one KL for λ on every rank
             sums["kl/coef"] = coef
+    if parallel.world.size > 1:
+        sums, total_pairs, step_norm_sums, step_counts = combine_ranks(
+            parallel, sums, total_pairs, step_norm_sums, step_counts
+        )
     metrics = {
         key: value / total_pairs
         for key, value in sums.items()
@@ -124,3 +144,59 @@ def policy_update(
         metrics[f"grad/step_norm_after/{k}"] = after
         metrics[f"grad/step_norm_before/{k}"] = after / float(loss_settings.step_weights[k])
     return metrics
+
+
+def local_work(batch: UpdateBatch) -> list[MinibatchWork]:
+    """One process: the steps and pairs each minibatch trains are its own."""
+    return [
+        MinibatchWork(
+            torch.nonzero(batch.trained[chunk].any(dim=0)).flatten().tolist(),
+            int(batch.trained[chunk].sum()),
+        )
+        for chunk in batch.chunks
+    ]
+
+
+def padding_step(
+    model: VideoGenerator, settings: StepSettings, k: int, batch: UpdateBatch, chunk: Tensor
+) -> None:
+    """A forward and a zero backward on one of this rank's rows, so that its collectives (FSDP2
+    gathers and gradient reductions, DDP's reduction) line up with the ranks that train step k."""
+    row = chunk[:1]
+    step = policy_step(
+        model,
+        settings,
+        k,
+        batch.trajectories.states[k, row].to(model.device),
+        batch.conditioning.select(row),
+    )
+    (step.velocity.sum() * 0.0).backward()
+
+
+def full_value(tensor: Tensor) -> Tensor:
+    """A whole tensor, also from FSDP2's DTensors (e.g. the clipped gradient norm)."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def combine_ranks(
+    parallel: Parallel,
+    sums: dict[str, float],
+    total_pairs: int,
+    step_norm_sums: dict[int, float],
+    step_counts: dict[int, int],
+) -> tuple[dict[str, float], int, dict[int, float], dict[int, int]]:
+    """The diagnostics of the whole batch: sums over ranks (the ratio's maximum: the largest).
+    The gradient norm and λ are already the same on every rank."""
+    same_everywhere = {key: sums[key] for key in ("grad/norm", "kl/coef") if key in sums}
+    per_rank = {key: value for key, value in sums.items() if key not in same_everywhere}
+    per_rank["pairs"] = total_pairs
+    per_rank.update({f"norm/{k}": value for k, value in step_norm_sums.items()})
+    per_rank.update({f"count/{k}": value for k, value in step_counts.items()})
+    combined = parallel.world.reduce_metrics(per_rank, maxima={"policy/ratio_max"})
+    total_pairs = int(combined.pop("pairs"))
+    norms = {int(key[5:]): combined.pop(key) for key in list(combined) if key.startswith("norm/")}
+    counts = {
+        int(key[6:]): int(combined.pop(key)) for key in list(combined) if key.startswith("count/")
+    }
+    sums = defaultdict(float, {**combined, **same_everywhere})
+    return sums, total_pairs, dict(sorted(norms.items())), counts
