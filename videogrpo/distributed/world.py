@@ -52,8 +52,12 @@ class World:
 
     def gather_rows(self, rows: Tensor) -> Tensor:
         """Every rank's rows joined in rank order; ranks may hold different numbers of rows."""
+        return self.gather_rows_at(rows)[0]
+
+    def gather_rows_at(self, rows: Tensor) -> tuple[Tensor, int]:
+        """`gather_rows`, and where this rank's rows start in the result."""
         if self.size == 1:
-            return rows
+            return rows, 0
         local = rows.to(self.device)
         counts = [torch.zeros(1, dtype=torch.int64, device=self.device) for _ in range(self.size)]
         dist.all_gather(counts, torch.tensor([len(rows)], device=self.device))
@@ -63,7 +67,7 @@ class World:
         parts = [torch.empty_like(padded) for _ in range(self.size)]
         dist.all_gather(parts, padded)
         joined = torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
-        return joined.to(rows.device)
+        return joined.to(rows.device), sum(sizes[: self.rank])
 
     def gather_optional(self, rows: Tensor | None) -> Tensor:
         """`gather_rows` where some ranks may have nothing (None): they add no rows. Rows are

@@ -79,6 +79,8 @@ def policy_update(
                 with parallel.gradient_sync(position == len(steps) - 1):
                     if n == 0:  # only other ranks train step k: take part in its collectives
                         padding_step(model, settings, k, batch, chunk)
+                        if kl.clock == "sample_step" and kl.kind != "none":
+                            pair_coefficients(kl, torch.zeros(0), parallel)
                         continue
                     step = policy_step(
                         model,
@@ -96,14 +98,19 @@ def policy_update(
                         loss_settings.clip_range,
                         weights=loss_settings.step_weights[k].expand(n),
                     )
-                    terms = {
-                        name: value.mean()
-                        for name, value in kl.terms(
-                            k, rows, step.out.mean, step.out.log_prob, trajectories, reference_means
-                        ).items()
-                    }
-                    kl_value = kl.combine(terms)
-                    total = loss if kl_value is None else loss + coef * kl_value
+                    per_sample = kl.terms(
+                        k, rows, step.out.mean, step.out.log_prob, trajectories, reference_means
+                    )
+                    terms = {name: value.mean() for name, value in per_sample.items()}
+                    if kl.clock == "sample_step" and per_sample:
+                        pair_kl = kl.combine(per_sample)
+                        lambdas = pair_coefficients(kl, pair_kl.detach(), parallel)
+                        kl_value, penalty = pair_kl.mean(), (lambdas * pair_kl).mean()
+                        sums["kl/coef_sum"] += float(lambdas.sum())
+                    else:
+                        kl_value = kl.combine(terms)
+                        penalty = None if kl_value is None else coef * kl_value
+                    total = loss if penalty is None else loss + penalty
                     # DDP and FSDP2 average over ranks: scale this rank's share back up.
                     (total * (n * parallel.replicas / pairs)).backward()
 
@@ -133,11 +140,13 @@ def policy_update(
     metrics = {
         key: value / total_pairs
         for key, value in sums.items()
-        if key not in ("policy/ratio_max", "grad/norm", "kl/coef")
+        if key not in ("policy/ratio_max", "grad/norm", "kl/coef", "kl/coef_sum")
     }
     metrics["policy/ratio_max"] = sums["policy/ratio_max"]
     metrics["grad/norm"] = sums["grad/norm"] / max(1, optimizer_steps)
-    metrics["kl/coef"] = sums["kl/coef"]
+    # λ of the last optimizer step; with the per-pair clock, the mean λ the update's pairs saw
+    per_pair = "kl/coef_sum" in sums
+    metrics["kl/coef"] = sums["kl/coef_sum"] / total_pairs if per_pair else sums["kl/coef"]
     metrics["optim/steps"] = optimizer_steps
     for k, norm_sum in step_norm_sums.items():
         after = norm_sum / step_counts[k]
@@ -155,6 +164,14 @@ def local_work(batch: UpdateBatch) -> list[MinibatchWork]:
         )
         for chunk in batch.chunks
     ]
+
+
+def pair_coefficients(kl: KLReference, pair_kl: Tensor, parallel: Parallel) -> Tensor:
+    """`sample_step` clock: λ for this rank's pairs of a step. The controller steps through the
+    whole minibatch's pairs of the step in one process's order (a minibatch's rows are the
+    ranks' parts in rank order), so it moves alike on every rank."""
+    everyone, start = parallel.world.gather_rows_at(pair_kl)
+    return kl.coefficients_for(everyone)[start : start + len(pair_kl)]
 
 
 def padding_step(
