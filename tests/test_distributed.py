@@ -19,7 +19,18 @@ from torch.distributed.tensor import DTensor
 
 import videogrpo.training.update as update_module
 from videogrpo.config import load_config
+from videogrpo.distributed.checkpoint import (
+    SHARDED_DIR,
+    load_rank_rng,
+    load_sharded,
+    rank_rng_tensors,
+    save_sharded,
+    shard_like,
+    split_tensors,
+    with_optimizer_state,
+)
 from videogrpo.distributed.world import World, close_world, init_world
+from videogrpo.runs.checkpoint import load_state, restore_rng_state, rng_state, save_state
 from videogrpo.runs.train import load_reward, load_shared_model
 from videogrpo.training.prompts import load_prompts
 from videogrpo.training.trainer import GRPOTrainer
@@ -76,13 +87,8 @@ def make_trainer(world: World, model_dir, output_dir, preset: str, overrides) ->
     )
 
 
-def one_iteration(world: World, model_dir, output_dir, preset, overrides) -> None:
-    """One trainer step; writes the weight change, rewards, composite, advantages, metrics and
-    the state of the λ controller and the curriculum that this rank ends with."""
-    trainer = make_trainer(world, model_dir, output_dir, preset, overrides)
-    paddings = []
-    padding_step = update_module.padding_step
-    update_module.padding_step = lambda *args: paddings.append(args[2]) or padding_step(*args)
+def keep_composites(trainer: GRPOTrainer) -> list[torch.Tensor]:
+    """The composite reward of each coming iteration, as the trainer scores it."""
     composites = []
     score = trainer.score
 
@@ -92,6 +98,25 @@ def one_iteration(world: World, model_dir, output_dir, preset, overrides) -> Non
         return advantages, weighted
 
     trainer.score = keep_composite
+    return composites
+
+
+def gradient_tolerance(composite: torch.Tensor, group_size: int) -> float:
+    """Relative error of a gradient (and of Adam's step) from the rewards' rounding: the group
+    std σ_G divides the composite's error into the advantages, whose rms is 1 per group."""
+    composite = composite.double()
+    group_std = composite.reshape(-1, group_size).std(dim=1, correction=0).min()
+    return REWARD_RTOL * float(composite.abs().max() / group_std) + GRADIENT_ROUNDING
+
+
+def one_iteration(world: World, model_dir, output_dir, preset, overrides) -> None:
+    """One trainer step; writes the weight change, rewards, composite, advantages, metrics and
+    the state of the λ controller and the curriculum that this rank ends with."""
+    trainer = make_trainer(world, model_dir, output_dir, preset, overrides)
+    paddings = []
+    padding_step = update_module.padding_step
+    update_module.padding_step = lambda *args: paddings.append(args[2]) or padding_step(*args)
+    composites = keep_composites(trainer)
     before = full_weights(trainer.model)
     result = trainer.step()
     after = full_weights(trainer.model)
@@ -180,15 +205,12 @@ def test_one_iteration_on_two_ranks_changes_the_weights_as_one_process(
     for key in [key for key in one if key.startswith("reward/")]:
         scale = float(one[key].abs().max())
         torch.testing.assert_close(two[key], one[key], rtol=0, atol=REWARD_RTOL * scale)
-    # Advantages divide the composite's error by its group's std σ_G (population, G = 4).
-    composite = one["composite"].double()
-    group_std = composite.reshape(-1, 4).std(dim=1, correction=0).min()
-    advantage_atol = REWARD_RTOL * float(composite.abs().max() / group_std)
+    # Advantages divide the composite's error by its group's std σ_G; the gradient is linear
+    # in them (rms 1 per group), so its relative error is theirs: the clipped norm it logs, and
+    # Adam's step (scale-free: its relative error is the gradient's) in norm over all weights.
+    gradient_rtol = gradient_tolerance(one["composite"], group_size=4)
+    advantage_atol = gradient_rtol - GRADIENT_ROUNDING
     torch.testing.assert_close(two["advantages"], one["advantages"], rtol=0, atol=advantage_atol)
-    # The gradient is linear in the advantages (rms 1 per group), so its relative error is at
-    # most theirs: the clipped norm it logs, and Adam's step (scale-free: its relative error is
-    # the gradient's) in norm over all weights.
-    gradient_rtol = advantage_atol + GRADIENT_ROUNDING
     one_norm, two_norm = one_state["metrics"]["grad/norm"], two_state["metrics"]["grad/norm"]
     assert abs(two_norm - one_norm) <= gradient_rtol * one_norm
     one_delta = torch.cat([one[k].flatten() for k in one if k.startswith("delta/")])
@@ -203,3 +225,107 @@ def test_one_iteration_on_two_ranks_changes_the_weights_as_one_process(
         one_competence = one_state["curriculum"]["competence"]["value"]
         two_competence = two_state["curriculum"]["competence"]["value"]
         assert two_competence == pytest.approx(one_competence, rel=REWARD_RTOL)
+
+
+def checkpoint_then_continue(world: World, model_dir, output_dir, preset, overrides) -> None:
+    """Iteration 1, a checkpoint (DCP on several ranks, the one-process format alone), then
+    iteration 2 uninterrupted; writes the weights and rewards of iteration 2."""
+    trainer = make_trainer(world, model_dir, output_dir, preset, overrides)
+    trainer.step()
+    folder = Path(output_dir) / "checkpoint"
+    state = {"trainer": trainer.state_dict(), "rng": rng_state()}
+    if world.size == 1:
+        folder.mkdir()
+        save_state(folder, state)
+    else:
+        skeleton, tensors = split_tensors({"trainer": state["trainer"]})
+        tensors.update(rank_rng_tensors(world.rank, state["rng"]))
+        if world.is_main:
+            folder.mkdir()
+        world.barrier()
+        save_sharded(folder / SHARDED_DIR, tensors)
+        if world.is_main:
+            save_state(folder, skeleton)
+        world.barrier()
+    write_iteration(world, trainer, Path(output_dir) / "uninterrupted")
+
+
+def resume_then_continue(world: World, model_dir, output_dir, preset, overrides) -> None:
+    """A fresh trainer loads the checkpoint of another world size and runs iteration 2."""
+    trainer = make_trainer(world, model_dir, output_dir, preset, overrides)
+    folder = Path(output_dir) / "checkpoint"
+    state = load_state(folder)
+    with_optimizer_state(trainer)
+    template = {"trainer": trainer.state_dict()}
+    if (folder / SHARDED_DIR).is_dir():
+        state = load_sharded(folder / SHARDED_DIR, state, template)
+        rng = load_rank_rng(folder / SHARDED_DIR, world.rank, rng_state())
+    else:
+        state, rng = shard_like(state, template), state["rng"]
+    trainer.load_state_dict(state["trainer"])
+    restore_rng_state(rng)
+    write_iteration(world, trainer, Path(output_dir) / "resumed")
+
+
+def write_iteration(world: World, trainer: GRPOTrainer, prefix: Path) -> None:
+    """Weights before and after the coming iteration, its rewards and composite, the counters."""
+    composites = keep_composites(trainer)
+    before = full_weights(trainer.model)
+    result = trainer.step()
+    after = full_weights(trainer.model)
+    if world.is_main:
+        tensors = {f"before/{name}": value for name, value in before.items()}
+        tensors.update({f"after/{name}": value for name, value in after.items()})
+        tensors.update({f"reward/{name}": value for name, value in result.rewards.items()})
+        tensors["composite"] = composites[0]
+        save_file(tensors, str(prefix.with_suffix(".safetensors")))
+        state = {
+            "iteration": trainer.iteration,
+            "optimizer_steps": trainer.optimizer_steps,
+            "kl_schedule": trainer.kl.schedule.state_dict(),
+        }
+        prefix.with_suffix(".json").write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize(("writer", "reader"), [(2, 1), (1, 2)])
+def test_a_checkpoint_of_one_world_size_resumes_on_another(
+    tmp_path, tiny_model_dir, writer, reader
+):
+    """FSDP2 full fine-tuning: checkpointed after iteration 1 by `writer` ranks, resumed by
+    `reader` ranks, iteration 2 is the uninterrupted run's up to the world size's rounding."""
+    preset, overrides = CASES["fsdp-full"]
+    for size, function in ((writer, checkpoint_then_continue), (reader, resume_then_continue)):
+        if size == 1:
+            function(World(), tiny_model_dir, tmp_path, preset, overrides)
+        else:
+            run_ranks(size, function, tiny_model_dir, tmp_path, preset, overrides)
+    resumed = load_file(str(tmp_path / "resumed.safetensors"))
+    uninterrupted = load_file(str(tmp_path / "uninterrupted.safetensors"))
+    resumed_state = json.loads((tmp_path / "resumed.json").read_text())
+    uninterrupted_state = json.loads((tmp_path / "uninterrupted.json").read_text())
+
+    # The checkpoint carries the weights exactly, and the counters and λ.
+    names = [key.removeprefix("before/") for key in resumed if key.startswith("before/")]
+    for name in names:
+        assert torch.equal(resumed[f"before/{name}"], uninterrupted[f"before/{name}"]), name
+    assert resumed_state["iteration"] == uninterrupted_state["iteration"] == 2
+    assert resumed_state["optimizer_steps"] == uninterrupted_state["optimizer_steps"] == 4
+    resumed_kl, uninterrupted_kl = resumed_state["kl_schedule"], uninterrupted_state["kl_schedule"]
+    assert resumed_kl["lambda"] == uninterrupted_kl["lambda"]
+    assert resumed_kl["updates"] == uninterrupted_kl["updates"]
+    # Iteration 2 draws the same prompts and noise (generators restored): rewards as in the
+    # one-iteration test; Adam's moments restored: its step as the uninterrupted run's.
+    for key in [key for key in resumed if key.startswith("reward/")]:
+        scale = float(uninterrupted[key].abs().max())
+        torch.testing.assert_close(
+            resumed[key], uninterrupted[key], rtol=0, atol=REWARD_RTOL * scale
+        )
+    step = torch.cat(
+        [(uninterrupted[f"after/{n}"] - uninterrupted[f"before/{n}"]).flatten() for n in names]
+    )
+    resumed_step = torch.cat(
+        [(resumed[f"after/{n}"] - resumed[f"before/{n}"]).flatten() for n in names]
+    )
+    assert step.norm() > 0
+    tolerance = gradient_tolerance(uninterrupted["composite"], group_size=4)
+    assert (resumed_step - step).norm() <= tolerance * step.norm()
