@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,8 @@ from videogrpo.distributed.checkpoint import (
     split_tensors,
     with_optimizer_state,
 )
-from videogrpo.distributed.world import World, close_world, init_world
+from videogrpo.distributed.spawn import run_local
+from videogrpo.distributed.world import World
 from videogrpo.runs.checkpoint import load_state, restore_rng_state, rng_state, save_state
 from videogrpo.runs.train import load_reward, load_shared_model
 from videogrpo.training.prompts import load_prompts
@@ -38,33 +38,13 @@ from videogrpo.training.trainer import GRPOTrainer
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _rank_main(rank: int, size: int, port: int, function, args: tuple) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(size),
-    )
-    torch.set_num_threads(1)
-    world = init_world("gloo")
-    try:
-        function(world, *args)
-    finally:
-        close_world(world)
+# NCCL_CHECK=1 (scripts/check_nccl.sh) runs these tests on GPUs with NCCL instead of gloo.
+BACKEND = "nccl" if os.environ.get("NCCL_CHECK") else "gloo"
 
 
 def run_ranks(size: int, function, *args) -> None:
-    """`function(world, *args)` on `size` gloo ranks, as torchrun would start them."""
-    torch.multiprocessing.start_processes(
-        _rank_main, args=(size, _free_port(), function, args), nprocs=size, start_method="spawn"
-    )
+    """`function(world, *args)` on `size` ranks, as torchrun would start them."""
+    run_local(size, function, *args, backend=BACKEND)
 
 
 def full_weights(model) -> dict[str, torch.Tensor]:

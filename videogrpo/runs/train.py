@@ -27,6 +27,7 @@ from videogrpo.runs.checkpoint import (
 )
 from videogrpo.config import TrainConfig, config_to_yaml, load_config
 from videogrpo.config.schema import to_dict
+from videogrpo.distributed.layout import check_batch_layout
 from videogrpo.distributed.parallel import ONE_PROCESS, Parallel, parallelize
 from videogrpo.distributed.world import World
 from videogrpo.errors import UserError
@@ -63,7 +64,12 @@ def load_shared_model(config: TrainConfig, world: World) -> tuple[VideoGenerator
     """`load_model` for one rank of a torchrun job: DDP replicas or FSDP2 shards of the model."""
     if world.size == 1:
         return load_model(config), ONE_PROCESS
-    if resolve_device(config.model.device).index is not None:
+    data = config.data
+    check_batch_layout(
+        data.prompts_per_iteration, data.group_size, config.optim.minibatches, world.size
+    )
+    device = resolve_device(config.model.device)
+    if device.type == "cuda" and device.index is not None:
         raise UserError(
             f"model.device: {config.model.device!r} puts every rank on one device; use auto or "
             "cuda (each rank takes the GPU of its LOCAL_RANK)"
