@@ -186,3 +186,18 @@ def test_bad_folders_are_one_line_user_errors(checkpoints, tmp_path):
         assert "\n" not in str(caught.value)
     with_base = VideoAlign(str(no_base), base_model=str(checkpoints["base"]), device="cpu")
     assert with_base.components == COMPONENTS
+
+
+def test_bfloat16_weights_score_within_bfloat16_precision(checkpoints, scored_batch):
+    """The GPU default (bfloat16) runs its whole forward in that dtype; on the CPU here."""
+    videos, prompts, fps = scored_batch
+    folder = str(checkpoints["lora"])
+    exact = VideoAlign(folder, video_fps=fps, normalize=False, device="cpu")(videos, prompts)
+    half = VideoAlign(folder, video_fps=fps, normalize=False, device="cpu", dtype="bfloat16")
+    assert half.model.rm_head.weight.dtype == torch.bfloat16
+    scores = half(videos, prompts)
+    # bfloat16 keeps 8 significant bits (relative step 2^-8 = 0.004); through one layer and the
+    # head the raw scores (about 0.1 to 1.2 here) drift by a few steps.
+    for name in SCORES:
+        assert scores[name].dtype == torch.float32
+        torch.testing.assert_close(scores[name], exact[name], rtol=0, atol=0.05)
