@@ -40,7 +40,7 @@ class Brightness:
 def served():
     reward = Brightness()
     server = make_server(reward, "127.0.0.1", 0, batch_size=2)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     host, port = server.server_address[:2]
     yield reward, server, f"http://{host}:{port}"

@@ -53,6 +53,8 @@ COMPONENTS = (*SCORES, "Overall")
 REWARD_TOKENS = tuple(f"<|{name}_reward|>" for name in SCORES)
 PROMPT_TEMPLATE = "detailed_special"  # the only template whose tokens the head reads
 PROMPT_FILE = "videoalign_prompt.txt"
+EMBEDDINGS = "backbone.language_model.embed_tokens.weight"
+HEAD = "rm_head.weight"
 # Wan 2.1's output frame rate: the usual generator behind VideoAlign rewards.
 DEFAULT_VIDEO_FPS = 16.0
 
@@ -90,6 +92,7 @@ class VideoRewardNet(nn.Module):
             position_ids=positions.expand(input_ids.shape[0], -1),
             pixel_values_videos=patches,
             video_grid_thw=grids,
+            use_cache=False,
         ).last_hidden_state
         columns = []
         for index, token_id in enumerate(self.reward_token_ids):
@@ -196,8 +199,16 @@ class VideoAlign:
 
         self.tokenizer = _tokenizer(folder, base)
         config = Qwen2VLConfig.from_pretrained(base)
+        if config.model_type != "qwen2_vl":
+            raise UserError(
+                f"reward.options.base_model: {base} holds a {config.model_type!r} model; "
+                "VideoReward is trained from Qwen2-VL (Qwen/Qwen2-VL-2B-Instruct)"
+            )
         state = reward_state_dict(folder, base)
-        embeddings = state["backbone.language_model.embed_tokens.weight"]
+        for key in (EMBEDDINGS, HEAD):
+            if key not in state:
+                raise UserError(f"reward.options.path: {folder.checkpoint} has no weight {key}")
+        embeddings = state[EMBEDDINGS]
         config.text_config.vocab_size = embeddings.shape[0]  # resized for the reward tokens
         video_pad_id = self.tokenizer.convert_tokens_to_ids(VIDEO_PAD)
         if video_pad_id != config.video_token_id:
@@ -206,11 +217,18 @@ class VideoAlign:
                 f"the model's video token {config.video_token_id}; they must be one model's"
             )
         token_ids = tuple(self.tokenizer.convert_tokens_to_ids(list(REWARD_TOKENS)))
-        output_dim = state["rm_head.weight"].shape[0]
+        output_dim = state[HEAD].shape[0]
         with init_empty_weights():  # no random init of two billion weights about to be replaced
             model = VideoRewardNet(config, output_dim, token_ids)
         state = {key: value.to(self.dtype) for key, value in state.items()}
-        model.load_state_dict(state, strict=True, assign=True)
+        try:
+            model.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as error:  # missing, unexpected or mis-shaped weights
+            reason = " ".join(str(error).split())[:300]
+            raise UserError(
+                f"reward.options.path: {folder.checkpoint} does not fit the base model "
+                f"{base} ({reason})"
+            ) from error
         self.model = model.to(self.device).eval().requires_grad_(False)
 
     def inputs(self, videos: Tensor, prompts: list[str]) -> dict[str, Tensor]:
