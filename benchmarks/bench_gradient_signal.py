@@ -23,10 +23,11 @@ import torch
 from torch import Tensor
 
 from videogrpo.config import load_config
-from videogrpo.core import sde
 from videogrpo.embedded.world.grammar import prompts as split_prompts
 from videogrpo.runs.train import load_model, load_reward
 from videogrpo.training.rollout import sample_trajectories
+from videogrpo.training.scoring import decode_and_score
+from videogrpo.training.step import policy_step
 from videogrpo.training.trainer import GRPOTrainer
 
 
@@ -39,33 +40,30 @@ def per_step_gradients(trainer: GRPOTrainer, num_samples: int) -> tuple[Tensor, 
         more_prompts, more_seeds = trainer.next_prompts()
         prompts, seeds = prompts + more_prompts, seeds + more_seeds
     prompts, seeds = prompts[:num_samples], seeds[:num_samples]
+    settings = trainer.settings
     sde_mask = trainer.selector.select(
-        config.sampling.num_steps, num_samples, stochastic=trainer.stochastic
+        settings.num_steps, num_samples, stochastic=settings.stochastic
     ).sde_mask
-    embeddings = model.encode_prompts(prompts)
+    conditioning = model.encode(prompts, config.sampling.negative_prompt)
     model.eval()
     trajectories = sample_trajectories(
-        model, prompts, seeds, trainer.sigmas, rule=config.sampling.rule,
-        eta=config.sampling.eta, sde_mask=sde_mask,
-        guidance_scale=config.sampling.guidance_scale, embeddings=embeddings,
+        model, settings, conditioning, seeds, sde_mask=sde_mask,
         noise_group_size=config.data.noise_group_size,
     )  # fmt: skip
-    _, advantages, _ = trainer.score(model.decode(trajectories.final), prompts)
+    scored = decode_and_score(
+        model, trainer.reward, trajectories.final, prompts,
+        decode_batch_size=config.memory.decode_batch_size,
+    )  # fmt: skip
+    advantages, _ = trainer.score(scored.rewards)
     shuffled = advantages[torch.randperm(num_samples)]
     parameters = [p for p in model.parameters() if p.requires_grad]
     rows: dict[str, list[Tensor]] = {"real": [], "shuffled": []}
     for k in torch.nonzero(sde_mask).flatten().tolist():
-        x = trajectories.states[k]
-        sigma = trainer.sigmas[k].item()
-        velocity = model.velocity(
-            x, torch.full((num_samples,), sigma), embeddings, config.sampling.guidance_scale
-        )
-        out = sde.step(
-            config.sampling.rule, velocity, x, sigma, trainer.sigmas[k + 1].item(),
-            eta=config.sampling.eta, prev_sample=trajectories.states[k + 1],
-            sigma_clamp=config.sampling.sigma_clamp,
-        )  # fmt: skip
-        weight = float(trainer.settings.step_weights[k])
+        out = policy_step(
+            model, settings, k, trajectories.states[k], conditioning,
+            prev_sample=trajectories.states[k + 1],
+        ).out  # fmt: skip
+        weight = float(trainer.loss_settings.step_weights[k])
         for name, adv in (("real", advantages), ("shuffled", shuffled)):
             grads = torch.autograd.grad(
                 -(adv * out.log_prob).mean() * weight, parameters, retain_graph=True

@@ -29,7 +29,7 @@ def time_forward_backward(model: TinyWan, batch: int, repeats: int) -> float:
     sigma = torch.rand(batch)
     noisy = (1 - sigma.view(-1, 1, 1, 1, 1)) * clean + sigma.view(-1, 1, 1, 1, 1) * noise
     with torch.no_grad():
-        embeddings = model.encode_prompts([PROMPT] * batch)
+        embeddings = model.encode([PROMPT] * batch)
     seconds = []
     for _ in range(repeats + 1):
         start = time.perf_counter()

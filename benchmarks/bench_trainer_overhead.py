@@ -19,7 +19,7 @@ import torch
 from videogrpo.config import load_config
 from videogrpo.runs.train import load_model, load_reward
 from videogrpo.training.prompts import load_prompts
-from videogrpo.training.references import needs_reference_means
+from videogrpo.training.rollout import initial_noise
 from videogrpo.training.trainer import GRPOTrainer
 
 
@@ -28,18 +28,19 @@ def bare_iteration(trainer: GRPOTrainer) -> float:
     config, model = trainer.config, trainer.model
     num_samples = config.data.prompts_per_iteration * config.data.group_size
     num_steps = config.sampling.num_steps
-    prompts, _ = trainer.next_prompts()
-    embeddings = model.encode_prompts(prompts)
+    prompts, seeds = trainer.next_prompts()
+    embeddings = model.encode(prompts, config.sampling.negative_prompt)
+    sigmas = trainer.settings.sigmas
     selection = trainer.selector.select(
         num_steps,
         num_samples,
         generator=torch.Generator().manual_seed(0),
-        stochastic=trainer.stochastic,
+        stochastic=trainer.settings.stochastic,
     )
     trained = torch.zeros(num_samples, num_steps, dtype=torch.bool)
     trained.scatter_(1, selection.trained_steps, True)
     chunks = trainer.minibatches(num_samples)
-    x = model.initial_noise(num_samples)
+    x = initial_noise(model, seeds)
     guidance = config.sampling.guidance_scale
 
     def rows_of(chunk: torch.Tensor, k: int) -> torch.Tensor:
@@ -48,14 +49,14 @@ def bare_iteration(trainer: GRPOTrainer) -> float:
     start = time.perf_counter()
     with torch.no_grad():
         for k in range(num_steps):
-            sigma = torch.full((num_samples,), trainer.sigmas[k].item())
+            sigma = torch.full((num_samples,), sigmas[k].item())
             for chunk in chunks:
                 for rows in (rows_of(chunk, k), chunk[~trained[chunk, k]]):
                     if rows.numel():
                         model.velocity(x[rows], sigma[rows], embeddings.select(rows), guidance)
-        if needs_reference_means(config.kl.reference):
+        if trainer.kl.compares_to_reference:
             for k in range(num_steps):
-                sigma = torch.full((num_samples,), trainer.sigmas[k].item())
+                sigma = torch.full((num_samples,), sigmas[k].item())
                 for chunk in chunks:
                     rows = rows_of(chunk, k)
                     if rows.numel():
@@ -66,7 +67,7 @@ def bare_iteration(trainer: GRPOTrainer) -> float:
             for k in range(num_steps):
                 rows = rows_of(chunk, k)
                 if rows.numel():
-                    sigma = torch.full((rows.numel(),), trainer.sigmas[k].item())
+                    sigma = torch.full((rows.numel(),), sigmas[k].item())
                     velocity = model.velocity(x[rows], sigma, embeddings.select(rows), guidance)
                     velocity.square().mean().backward()
     model.eval()

@@ -11,6 +11,7 @@ from diffusers import WanTransformer3DModel
 from videogrpo.embedded.clean_prediction import MIN_CONVERSION_SIGMA
 from videogrpo.embedded.tiny_wan import TinyWan, TinyWanConfig
 from videogrpo.errors import UserError
+from videogrpo.training.rollout import initial_noise
 
 # Float32 round-off of one conversion (x − x̂₀)/σ on values of order 1.
 TOLERANCE = 1e-5
@@ -26,8 +27,8 @@ def models() -> tuple[TinyWan, TinyWan]:
 
 def raw_and_velocity(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     clean, plain = models()
-    latents = clean.initial_noise(len(sigma), torch.Generator().manual_seed(0))
-    embeddings = clean.encode_prompts(["a red circle moves left"] * len(sigma))
+    latents = initial_noise(clean, list(range(len(sigma))))
+    embeddings = clean.encode(["a red circle moves left"] * len(sigma))
     with torch.no_grad():
         velocity = clean.velocity(latents, sigma, embeddings, guidance_scale=1.0)
         network_output = plain.velocity(latents, sigma, embeddings, guidance_scale=1.0)

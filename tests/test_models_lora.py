@@ -5,6 +5,7 @@ import torch
 from conftest import MICRO_CONFIG, MICRO_WORDS
 
 from videogrpo.embedded.tiny_wan import TinyWan
+from videogrpo.training.rollout import initial_noise
 
 PROMPTS = ["a red circle moves left", "a blue square moves right slowly"]
 # Rank 4 with alpha 8: scaling alpha/rank = 2 ≠ 1, so an exporter that drops alpha is caught.
@@ -31,10 +32,8 @@ def perturb_lora(model: TinyWan, seed: int = 0) -> None:
 
 
 def velocity(model: TinyWan, guidance: float = 3.0) -> torch.Tensor:
-    latents = model.initial_noise(2, torch.Generator().manual_seed(3))
-    return model.velocity(
-        latents, torch.tensor([0.8, 0.5]), model.encode_prompts(PROMPTS), guidance
-    )
+    latents = initial_noise(model, [3, 4])
+    return model.velocity(latents, torch.tensor([0.8, 0.5]), model.encode(PROMPTS), guidance)
 
 
 def test_lora_starts_at_the_base_and_only_the_adapter_trains():
@@ -93,7 +92,7 @@ def test_saved_lora_loads_into_wan_pipeline_and_matches_our_velocity(tmp_path):
     assert [p.suffix for p in tmp_path.iterdir()] == [".safetensors"]
 
     pipe = base_model().to_diffusers_pipeline()
-    latents = model.initial_noise(1, torch.Generator().manual_seed(5))
+    latents = initial_noise(model, [5])
     prompt, guidance = PROMPTS[0], 3.0
 
     def one_pipeline_step() -> torch.Tensor:
@@ -115,7 +114,7 @@ def test_saved_lora_loads_into_wan_pipeline_and_matches_our_velocity(tmp_path):
     with_lora = one_pipeline_step()
     sigma_from, sigma_to = pipe.scheduler.sigmas[:2].tolist()
 
-    embeddings = model.encode_prompts([prompt])
+    embeddings = model.encode([prompt])
     sigma = torch.tensor([sigma_from])
     ours_with_lora = latents + (sigma_to - sigma_from) * model.velocity(
         latents, sigma, embeddings, guidance

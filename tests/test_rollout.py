@@ -15,6 +15,7 @@ from videogrpo.core import schedule, sde
 from videogrpo.embedded.tiny_wan import TinyWan, load_default
 from videogrpo.embedded.world.grammar import HELDOUT_PROMPTS, TRAIN_PROMPTS
 from videogrpo.training.rollout import initial_noise, row_batches, sample_trajectories
+from videogrpo.training.step import StepSettings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,12 +39,13 @@ def moved_lora_model(model_dir, seed: int = 0) -> TinyWan:
     return model
 
 
+def rollout(model, prompts, seeds, rule="sage", guidance=1.0, **kwargs):
+    settings = StepSettings(rule, 0.0 if rule == "ode" else 0.5, SIGMAS, guidance)
+    return sample_trajectories(model, settings, model.encode(prompts), seeds, **kwargs)
+
+
 def ode_final(model, prompts, seeds, guidance=1.0) -> torch.Tensor:
-    trajectories = sample_trajectories(
-        model, prompts, seeds, SIGMAS, rule="ode", eta=0.0, sde_mask=ODE_MASK,
-        guidance_scale=guidance,
-    )  # fmt: skip
-    return trajectories.final
+    return rollout(model, prompts, seeds, "ode", guidance, sde_mask=ODE_MASK).final
 
 
 @pytest.mark.parametrize(
@@ -101,15 +103,14 @@ def test_sage_log_probs_replay_exactly_with_the_rollout_batches(tiny_model_dir, 
     trained = (torch.rand(len(prompts), NUM_STEPS, generator=generator) < 0.6) & sde_mask
     chunks = [torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])]
     model.eval()
-    stored = sample_trajectories(
-        model, prompts, seeds, SIGMAS, rule="sage", eta=0.5, sde_mask=sde_mask,
-        guidance_scale=guidance, trained=trained, chunks=chunks,
-    )  # fmt: skip
+    stored = rollout(
+        model, prompts, seeds, guidance=guidance, sde_mask=sde_mask, trained=trained, chunks=chunks
+    )
     assert stored.log_probs[:3].isfinite().all() and stored.log_probs[3].isnan().all()
     assert stored.states.dtype == torch.float32
 
     model.train()
-    embeddings = model.encode_prompts(prompts)
+    embeddings = model.encode(prompts)
     replayed = 0
     for k in range(NUM_STEPS - 1):
         for chunk in chunks:
@@ -143,9 +144,9 @@ def test_exploration_noise_is_independent_of_the_initial_noise(tiny_model_dir):
     of n elements have |cosine| ≈ 1/√n (≈ 0.01 here); the bug gave exactly 1.
     """
     model = frozen(tiny_model_dir)
-    trajectories = sample_trajectories(
-        model, [TRAIN_PROMPTS[0]], [11], SIGMAS, rule="sage", eta=0.5,
-        sde_mask=torch.ones(NUM_STEPS, dtype=torch.bool), guidance_scale=1.0, keep_means=True,
+    trajectories = rollout(
+        model, [TRAIN_PROMPTS[0]], [11], sde_mask=torch.ones(NUM_STEPS, dtype=torch.bool),
+        keep_means=True,
     )  # fmt: skip
     step_std = sde.std("sage", SIGMAS[0], SIGMAS[1], 0.5)
     step_noise = ((trajectories.states[1] - trajectories.means[0]) / step_std).flatten()
@@ -158,9 +159,9 @@ def test_shared_initial_noise_starts_a_group_together_and_explores_apart(tiny_mo
     """DanceGRPO's shared noise: one x at σ = 1 per group of G, every sample its own SDE path."""
     model = frozen(tiny_model_dir)
     prompts = [TRAIN_PROMPTS[0]] * 2 + [TRAIN_PROMPTS[1]] * 2
-    trajectories = sample_trajectories(
-        model, prompts, [3, 4, 5, 6], SIGMAS, rule="sage", eta=0.5,
-        sde_mask=torch.ones(NUM_STEPS, dtype=torch.bool), guidance_scale=1.0, noise_group_size=2,
+    trajectories = rollout(
+        model, prompts, [3, 4, 5, 6], sde_mask=torch.ones(NUM_STEPS, dtype=torch.bool),
+        noise_group_size=2,
     )  # fmt: skip
     start = trajectories.states[0]
     assert torch.equal(start[0], start[1]) and torch.equal(start[2], start[3])
@@ -170,10 +171,7 @@ def test_shared_initial_noise_starts_a_group_together_and_explores_apart(tiny_mo
     final = trajectories.final
     assert (final[0] - final[1]).abs().max() > 0.1 and (final[2] - final[3]).abs().max() > 0.1
     with pytest.raises(ValueError, match="groups of 3"):
-        sample_trajectories(
-            model, prompts, [3, 4, 5, 6], SIGMAS, rule="sage", eta=0.5, sde_mask=ODE_MASK,
-            guidance_scale=1.0, noise_group_size=3,
-        )  # fmt: skip
+        rollout(model, prompts, [3, 4, 5, 6], sde_mask=ODE_MASK, noise_group_size=3)
 
 
 def test_a_samples_video_does_not_depend_on_its_batch_neighbours(tiny_model_dir):
@@ -194,10 +192,7 @@ def test_sde_noise_is_per_sample_too(tiny_model_dir):
     sde_mask = torch.tensor([True, True, True, False])
 
     def run(prompts, seeds):
-        return sample_trajectories(
-            model, prompts, seeds, SIGMAS, rule="sage", eta=0.5, sde_mask=sde_mask,
-            guidance_scale=1.0,
-        )  # fmt: skip
+        return rollout(model, prompts, seeds, sde_mask=sde_mask)
 
     prompt = HELDOUT_PROMPTS[2]
     alone = run([prompt], [8])

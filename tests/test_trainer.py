@@ -25,9 +25,9 @@ from videogrpo.runs.report.charts import chart_sections
 from videogrpo.runs.tracking import MetricsLog
 from videogrpo.runs.train import apply_run_weights, load_model, load_reward, train
 from videogrpo.training.prompts import load_prompts
-from videogrpo.training.references import MovingAnchor
 from videogrpo.training.rollout import initial_noise
 from videogrpo.training.trainer import GRPOTrainer
+from videogrpo.training.trust_region import MovingAnchor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -212,8 +212,7 @@ def test_normalize_then_sum_uses_the_curriculums_per_group_weights(tiny_model_di
         "mq": torch.tensor([0.9, 0.3, 0.5, 0.6]),
         "ta": torch.tensor([0.2, 0.6, 0.8, 0.4]),
     }
-    trainer.reward = lambda videos, prompts: components
-    _, advantages, weighted = trainer.score(torch.empty(0), ["p"] * 4)
+    advantages, weighted = trainer.score(components)
     standardised = {  # each component in its group: (low, high) → (−1, +1)
         "vq": torch.tensor([-1.0, 1.0, -1.0, 1.0]),
         "mq": torch.tensor([1.0, -1.0, -1.0, 1.0]),
@@ -239,8 +238,7 @@ def test_per_component_bounds_from_config_normalise_each_component(tiny_model_di
         "mq": torch.tensor([0.1, 0.2, 0.3, 0.4]),
         "ta": torch.tensor([0.25, 0.5, 0.75, 1.0]),
     }
-    trainer.reward = lambda videos, prompts: components
-    _, _, weighted = trainer.score(torch.empty(0), ["p"] * 4)
+    _, weighted = trainer.score(components)
     expected = torch.tensor(
         [[0.0, 0.1, 0.0], [0.5, 0.2, 0.0], [0.75, 0.3, 0.5], [1.0, 0.4, 1.0]]
     )  # vq (r + 2)/4 clipped, mq as is, ta (r − 0.5)/0.5 clipped
@@ -259,22 +257,22 @@ def test_moving_anchor_is_a_copy_and_refreshes_at_iteration_start(tiny_model_dir
     initial = trainer.model.trainable_state_dict()
 
     def anchor_equals(weights) -> bool:
-        return all(torch.equal(trainer.anchor.weights[n], weights[n]) for n in weights)
+        return all(torch.equal(trainer.kl.anchor.weights[n], weights[n]) for n in weights)
 
     first = trainer.step().metrics
-    assert trainer.optimizer_steps == 1 and trainer.anchor.refreshed_at == 0
+    assert trainer.optimizer_steps == 1 and trainer.kl.anchor.refreshed_at == 0
     after_one = trainer.model.trainable_state_dict()
     assert any(not torch.equal(after_one[n], initial[n]) for n in initial), "policy must move"
     assert anchor_equals(initial), "an optimizer step changed the anchor: it aliases the policy"
     assert first["kl/pos"] == 0.0  # anchor = policy at that rollout, replayed in the same batch
 
     second = trainer.step().metrics  # starts at 1 step < 2: no refresh
-    assert trainer.anchor.refreshed_at == 0 and anchor_equals(initial)
+    assert trainer.kl.anchor.refreshed_at == 0 and anchor_equals(initial)
     assert second["kl/pos"] > 0.0  # the moved policy is measured against the old anchor
     after_two = trainer.model.trainable_state_dict()
 
     third = trainer.step().metrics  # starts at 2 steps ≥ 2: refresh to the policy of that moment
-    assert trainer.anchor.refreshed_at == 2 and anchor_equals(after_two)
+    assert trainer.kl.anchor.refreshed_at == 2 and anchor_equals(after_two)
     assert third["kl/pos"] == 0.0
     assert not anchor_equals(trainer.model.trainable_state_dict())
 
@@ -412,9 +410,7 @@ def test_exported_lora_loads_into_diffusers_as_the_trained_policy(tiny_model_dir
     policy = TinyWan.from_pretrained(tiny_model_dir)
     apply_run_weights(policy, run_dir)
     sigma_from, sigma_to = pipe.scheduler.sigmas[:2].tolist()
-    velocity = policy.velocity(
-        noise, torch.tensor([sigma_from]), policy.encode_prompts([prompt]), 1.0
-    )
+    velocity = policy.velocity(noise, torch.tensor([sigma_from]), policy.encode([prompt]), 1.0)
     torch.testing.assert_close(
         adapted, noise + (sigma_to - sigma_from) * velocity, atol=1e-4, rtol=0
     )

@@ -11,6 +11,7 @@ HELP = "Evaluate a model on prompts (held-out by default) with fixed seeds; ODE 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model folder (default: the embedded pretrained model)")
+    parser.add_argument("--model-type", help="backbone of --model (default: tiny_wan)")
     parser.add_argument("--run", help="a training run directory: evaluate its latest weights")
     parser.add_argument("--prompts", default="heldout", help="world split or a prompt file")
     parser.add_argument(
@@ -25,36 +26,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rule", default="ode", help="step rule (ode for eval; sage etc. for spread)"
     )
     parser.add_argument("--eta", type=float, default=0.0, help="exploration scale η")
+    parser.add_argument("--negative-prompt", default="", help="guidance's unconditional prompt")
     parser.add_argument("--json", help="write the numbers to this JSON file")
     parser.add_argument("--videos", help="write each sample as a GIF into this folder")
 
 
 def run(args: argparse.Namespace) -> int:
+    from videogrpo.config import TrainConfig
     from videogrpo.errors import UserError
-    from videogrpo.rewards.world import WorldReward
+    from videogrpo.rewards.registry import build_reward
     from videogrpo.runs.evaluation import evaluate
-    from videogrpo.runs.train import load_for_inference
+    from videogrpo.runs.train import load_for_inference, read_run_config
     from videogrpo.runs.video_io import write_gif
+    from videogrpo.training.build import eval_step_settings
     from videogrpo.training.prompts import load_prompts
 
     if args.samples_per_prompt < 1 or args.steps < 1:
         raise UserError("--samples-per-prompt and --steps must be at least 1")
-    model = load_for_inference(args.model, args.run)
+    config = TrainConfig() if args.run is None else read_run_config(Path(args.run))
+    model = load_for_inference(args.model, args.run, args.model_type)
+    reward = build_reward(config.reward)  # the run's reward, or the default one
     prompts = load_prompts(args.prompts)
     if args.max_prompts:
         prompts = prompts[: args.max_prompts]
     try:
         result = evaluate(
             model,
-            WorldReward(),
+            reward,
             prompts,
+            eval_step_settings(args.steps, args.shift, args.guidance, args.rule, args.eta),
             samples_per_prompt=args.samples_per_prompt,
             seed=args.seed,
-            num_steps=args.steps,
-            shift=args.shift,
-            guidance_scale=args.guidance,
-            rule=args.rule,
-            eta=args.eta,
+            negative_prompt=args.negative_prompt,
+            keep_videos=len(prompts) * args.samples_per_prompt if args.videos else 0,
         )
     except ValueError as error:
         raise UserError(str(error)) from error
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{key:<{width}}  {value:.4f}")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
-    if args.videos:
+    if result.videos is not None:
         folder = Path(args.videos)
         folder.mkdir(parents=True, exist_ok=True)
         for i, video in enumerate(result.videos):

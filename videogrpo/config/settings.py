@@ -22,6 +22,9 @@ STD_MODES = ("group", "batch", "none")
 KL_REFERENCES = ("none", "fixed", "moving", "stepwise", "dual")
 KL_SCHEDULES = ("constant", "two_stage", "linear_ramp", "adaptive")
 CURRICULA = ("static", "staged", "utility")
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+# Keys renamed since runs were first saved: old name → new name, per section.
+RENAMED_KEYS = {"model": {"backbone": "type"}, "reward": {"name": "type"}}
 
 
 @dataclass
@@ -44,13 +47,25 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = setting("tiny_wan", "Generator adapter.", choices=("tiny_wan",))
-    path: str | None = setting(None, "Weights folder; default: the embedded pretrained model.")
+    type: str = setting(
+        "tiny_wan", "Backbone adapter: a built-in name (tiny_wan) or your own as MODULE:CLASS."
+    )
+    path: str | None = setting(None, "Model folder; default: the embedded pretrained model.")
+    options: dict[str, Any] = setting({}, "Backbone-specific settings, passed to the adapter.")
+    dtype: str = setting(
+        "float32",
+        "Compute dtype of the transformer; step and log-prob math stay float32.",
+        choices=tuple(DTYPE_NAMES),
+    )
+    device: str = setting("auto", "auto (CUDA if present), cpu, cuda or cuda:N.")
     finetune: str = setting(
         "lora", "Train a LoRA adapter or all weights.", choices=("lora", "full")
     )
     lora_rank: int = setting(16, "LoRA rank.", ge=1)
     lora_alpha: float = setting(16.0, "LoRA alpha (scale = alpha / rank).", gt=0)
+    lora_targets: list[str] | None = setting(
+        None, "Module names the LoRA adapts (default: the backbone's attention and MLP)."
+    )
 
 
 @dataclass
@@ -60,6 +75,10 @@ class SamplingConfig:
     num_steps: int = setting(10, "Rollout denoising steps T.", ge=2)
     shift: float = setting(3.0, "Schedule shift s (ALGORITHMS §1).", gt=0)
     guidance_scale: float = setting(1.0, "Classifier-free guidance w (1: off).", ge=1)
+    negative_prompt: str = setting("", "Prompt of guidance's unconditional branch.")
+    num_frames: int | None = setting(None, "Frames per video (default: the backbone's).", ge=1)
+    height: int | None = setting(None, "Video height in pixels (default: the backbone's).", ge=1)
+    width: int | None = setting(None, "Video width in pixels (default: the backbone's).", ge=1)
     sigma_clamp: float = setting(3e-3, "sage: clamp c keeping σ < 1 − c in the log.", gt=0, le=0.5)
     deterministic_last_step: bool = setting(
         True, "Use the ODE at the last step (its noise is never denoised and costs quality)."
@@ -101,7 +120,14 @@ class DataConfig:
 
 @dataclass
 class RewardConfig:
-    name: str = setting("world", "Reward model.", choices=("world",))
+    type: str = setting(
+        "world", "Reward model: a built-in name (world) or your own as MODULE:CLASS."
+    )
+    options: dict[str, Any] = setting({}, "Keyword arguments of the reward's constructor.")
+    batch_size: int = setting(0, "Videos per call of the reward (0: as many as decoded).", ge=0)
+    additional: list[dict[str, Any]] = setting(
+        [], "Further rewards, each {type, options, batch_size}; their components join the set."
+    )
     weights: dict[str, float] = setting(
         {"vq": 0.5, "mq": 0.5, "ta": 1.0}, "Static component weights (SAGE setting B: 0.5/0.5/1.0)."
     )
@@ -195,6 +221,18 @@ class OptimConfig:
 
 
 @dataclass
+class MemoryConfig:
+    decode_batch_size: int = setting(
+        8, "Latents decoded (and videos held for the reward) at once.", ge=1
+    )
+    trajectory_device: str = setting(
+        "model",
+        "Where rollout states are kept between rollout and update.",
+        choices=("model", "cpu"),
+    )
+
+
+@dataclass
 class EvalConfig:
     prompts: str = setting("heldout", "Eval prompts: a world split name or a text file.")
     max_prompts: int = setting(0, "Use at most this many eval prompts (0: all).", ge=0)
@@ -202,6 +240,7 @@ class EvalConfig:
     num_steps: int = setting(10, "ODE steps for eval.", ge=1)
     seed: int = setting(1234, "Base seed of the fixed eval noise.", ge=0)
     videos: int = setting(8, "Eval videos saved for the before/after grid.", ge=0)
+    batch_size: int = setting(64, "Samples per model call during eval.", ge=1)
 
 
 @dataclass
@@ -216,6 +255,7 @@ class TrainConfig:
     policy: PolicyConfig = section(PolicyConfig)
     kl: KLConfig = section(KLConfig)
     optim: OptimConfig = section(OptimConfig)
+    memory: MemoryConfig = section(MemoryConfig)
     eval: EvalConfig = section(EvalConfig)
 
     def __post_init__(self) -> None:
@@ -275,6 +315,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             resolved[name] = values
     for assignment in overrides or []:
         apply_override(resolved, assignment)
+    for section_name, renames in RENAMED_KEYS.items():
+        section_values = resolved.get(section_name)
+        for old, new in renames.items():
+            if isinstance(section_values, dict) and old in section_values:
+                section_values[new] = section_values.pop(old)
     return from_dict(TrainConfig, resolved)
 
 

@@ -57,13 +57,14 @@ def gaussian_kl(
 
 
 def k1_kl(log_prob: Tensor, old_log_prob: Tensor) -> Tensor:
-    """Step-wise KL_vel by the k1 estimator mean(log π_old − log π_θ) on rollout samples (§7)."""
+    """Step-wise KL_vel by the k1 estimator, log π_old − log π_θ per sample (B,); its mean over
+    rollout samples estimates KL(π_old ‖ π_θ) (§7)."""
     if log_prob.shape != old_log_prob.shape:
         raise ValueError(
             f"log_prob {tuple(log_prob.shape)} and old_log_prob {tuple(old_log_prob.shape)} "
             "must have the same shape"
         )
-    return (old_log_prob.float().detach() - log_prob.float()).mean()
+    return old_log_prob.float().detach() - log_prob.float()
 
 
 def dual_kl(

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from videogrpo.core import schedule
 from videogrpo.embedded.tiny_wan import TinyWan, TinyWanConfig
 from videogrpo.embedded.world import grammar
 from videogrpo.embedded.world.render import render_prompts
@@ -31,6 +32,12 @@ from videogrpo.runs.checkpoint import (
     write_atomically,
 )
 from videogrpo.runs.evaluation import evaluate
+from videogrpo.training.step import StepSettings
+
+# The prompt that stands for "no prompt": dropped conditions are replaced by it, so the model
+# learns the unconditional velocity of classifier-free guidance for sampling.negative_prompt's
+# default, the empty string (as WanPipeline without a negative prompt).
+UNCONDITIONAL_PROMPT = ""
 
 
 @dataclass
@@ -92,7 +99,7 @@ def flow_matching_loss(
     sigma = sample_sigmas(config, x0.shape[0], generator)
     view = sigma.reshape(-1, 1, 1, 1, 1)
     noisy = (1 - view) * x0 + view * noise
-    embeddings = model.encode_prompts(prompts)
+    embeddings = model.encode(prompts, UNCONDITIONAL_PROMPT)
     velocity = model.velocity(noisy, sigma, embeddings, guidance_scale=1.0)
     return torch.nn.functional.mse_loss(velocity, noise - x0)
 
@@ -101,14 +108,8 @@ def run_eval(ema: TinyWan, config: PretrainConfig) -> dict[str, float]:
     """ODE samples of the EMA weights on held-out prompts, scored by the world's rewards."""
     prompts = list(grammar.prompts("heldout"))[: config.eval_prompts]
     ema.requires_grad_(False)
-    result = evaluate(
-        ema,
-        WorldReward(),
-        prompts,
-        seed=config.seed,
-        num_steps=config.eval_steps,
-        shift=config.shift,
-    )
+    settings = StepSettings("ode", 0.0, schedule.sigmas(config.eval_steps, config.shift))
+    result = evaluate(ema, WorldReward(), prompts, settings, seed=config.seed)
     ema.clear_prompt_cache()
     return result.summary
 
@@ -173,9 +174,7 @@ def pretrain(config: PretrainConfig, resume: bool = False, command: str = "") ->
         prompts = grammar.sample_prompts(config.batch_size, "train", generator)
         videos = render_prompts(prompts, generator)
         dropped = torch.rand(len(prompts), generator=generator) < config.condition_dropout
-        prompts = [
-            ema.config.negative_prompt if d else p for p, d in zip(prompts, dropped, strict=True)
-        ]
+        prompts = [UNCONDITIONAL_PROMPT if d else p for p, d in zip(prompts, dropped, strict=True)]
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         loss = flow_matching_loss(model, prompts, videos, generator, config)

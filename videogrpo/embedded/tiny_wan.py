@@ -7,7 +7,7 @@ The autoencoder is the identity (latent = 2·video − 1), so there is no VAE to
 """
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -21,7 +21,12 @@ from torch import Tensor, nn
 from videogrpo.embedded.clean_prediction import CleanPredictionWanTransformer
 from videogrpo.embedded.text import build_tiny_umt5, build_word_tokenizer
 from videogrpo.errors import UserError
-from videogrpo.models.base import DEFAULT_TIMESTEP_SCALE, PromptEmbeddings, guided_velocity
+from videogrpo.models.base import (
+    DEFAULT_TIMESTEP_SCALE,
+    Conditioning,
+    ModelSpec,
+    guided_velocity,
+)
 from videogrpo.models.lora import (
     WAN_LORA_TARGET_MODULES,
     adapters_disabled,
@@ -42,6 +47,8 @@ TRANSFORMER_CLASSES: dict[str, type[WanTransformer3DModel]] = {
     "clean": CleanPredictionWanTransformer,
     "velocity": WanTransformer3DModel,
 }
+# config.json key of folders saved before the negative prompt became sampling.negative_prompt.
+LEGACY_NEGATIVE_PROMPT_KEY = "negative_prompt"
 # Longest error reason quoted in a one-line UserError.
 MAX_REASON_CHARS = 160
 
@@ -70,7 +77,6 @@ class TinyWanConfig:
     text_num_heads: int = 4
     text_ffn_dim: int = 128
     max_text_len: int = 16  # tokens incl. </s>; the synthetic prompts are ~10 words
-    negative_prompt: str = ""
     # What the network outputs: "clean" (x̂₀, converted to velocity inside the transformer; see
     # models/clean_prediction.py) or "velocity" (plain Wan). Both are velocity models outside.
     prediction: str = "clean"
@@ -159,13 +165,6 @@ class TinyWan(nn.Module):
         c = self.config
         return (c.channels, c.num_frames, c.height, c.width)
 
-    def initial_noise(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        """Drawn on the generator's device, so a seed gives the same noise on CPU and GPU runs."""
-        noise_device = generator.device if generator is not None else self.device
-        shape = (num_samples, *self.latent_shape)
-        noise = torch.randn(shape, generator=generator, device=noise_device, dtype=torch.float32)
-        return noise.to(self.device)
-
     # ----------------------------------------------------------------- text
 
     def text_embeddings(self, prompts: list[str]) -> Tensor:
@@ -185,23 +184,35 @@ class TinyWan(nn.Module):
         hidden = self.text_encoder(tokens.input_ids, tokens.attention_mask).last_hidden_state
         return hidden * tokens.attention_mask.unsqueeze(-1).to(hidden.dtype)
 
-    def encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
-        """Cached per prompt string while the text encoder is frozen (always, during RL).
+    def encode(self, prompts: list[str], negative_prompt: str = "") -> Conditioning:
+        """Text embeddings of the prompts (`text`) and of the negative prompt (`negative_text`).
 
-        A trainable text encoder (pretraining) changes every step, so then nothing is cached.
+        Cached per prompt string while the text encoder is frozen (always, during RL); a trainable
+        text encoder (pretraining) changes every step, so then nothing is cached.
         """
-        negative = self.config.negative_prompt
         if any(p.requires_grad for p in self.text_encoder.parameters()):
             conditional = self.text_embeddings(prompts)
-            unconditional = self.text_embeddings([negative]).expand_as(conditional)
-            return PromptEmbeddings(conditional, unconditional)
-        missing = [p for p in dict.fromkeys([*prompts, negative]) if p not in self._prompt_cache]
+            unconditional = self.text_embeddings([negative_prompt]).expand_as(conditional)
+            return Conditioning({"text": conditional, "negative_text": unconditional})
+        wanted = dict.fromkeys([*prompts, negative_prompt])
+        missing = [p for p in wanted if p not in self._prompt_cache]
         if missing:
             with torch.no_grad():
                 self._prompt_cache.update(zip(missing, self.text_embeddings(missing), strict=True))
         conditional = torch.stack([self._prompt_cache[p] for p in prompts]).to(self.device)
-        unconditional = torch.stack([self._prompt_cache[negative]] * len(prompts)).to(self.device)
-        return PromptEmbeddings(conditional, unconditional)
+        negative = self._prompt_cache[negative_prompt]
+        unconditional = torch.stack([negative] * len(prompts)).to(self.device)
+        return Conditioning({"text": conditional, "negative_text": unconditional})
+
+    def check_prompts(self, prompts: list[str]) -> None:
+        """A word outside the vocabulary would silently become <unk>: refuse it instead."""
+        for prompt in prompts:
+            if self.tokenizer.unk_token_id in self.tokenizer(prompt).input_ids:
+                unknown = [word for word in prompt.lower().split() if word not in self.vocabulary]
+                raise UserError(
+                    f"prompt {prompt!r} has words the model does not know ({', '.join(unknown)}); "
+                    f"its vocabulary: {', '.join(self.vocabulary)}"
+                )
 
     def clear_prompt_cache(self) -> None:
         """Call after changing text-encoder weights by hand (loading, editing) while frozen."""
@@ -209,27 +220,25 @@ class TinyWan(nn.Module):
 
     # ----------------------------------------------------------------- velocity and decode
 
-    def timesteps(self, sigma: Tensor) -> Tensor:
-        return sigma.float() * DEFAULT_TIMESTEP_SCALE
-
     def velocity(
         self,
         latents: Tensor,
         sigma: Tensor,
-        embeddings: PromptEmbeddings,
+        conditioning: Conditioning,
         guidance_scale: float,
     ) -> Tensor:
         """v ≈ ε − x₀ at x_σ; σ may be one value for the batch or one per sample."""
         sigma = torch.as_tensor(sigma, device=latents.device).reshape(-1)
-        sigma = sigma.expand(latents.shape[0])
+        timesteps = sigma.expand(latents.shape[0]).float() * DEFAULT_TIMESTEP_SCALE
         return guided_velocity(
-            self._transformer_forward, latents, self.timesteps(sigma), embeddings, guidance_scale
+            self._transformer_forward, latents, timesteps, conditioning, guidance_scale
         )
 
     def _transformer_forward(
-        self, latents: Tensor, timesteps: Tensor, text: Tensor, text_mask: Tensor | None
+        self, latents: Tensor, timesteps: Tensor, fields: Mapping[str, Tensor]
     ) -> Tensor:
-        del text_mask  # Wan takes no text mask: padded positions are zero embeddings instead
+        """Wan takes no text mask: padded positions are zero embeddings instead."""
+        text = fields["text"]
         dtype = self.transformer.dtype
         with torch.autocast(
             device_type=latents.device.type,
@@ -356,6 +365,8 @@ class TinyWan(nn.Module):
         """Load a frozen model in eval mode; any missing or unreadable file is a UserError."""
         directory = Path(directory)
         config_fields = _read_json(directory / CONFIG_FILE, fix)
+        if isinstance(config_fields, dict):  # the negative prompt moved to sampling.negative_prompt
+            config_fields.pop(LEGACY_NEGATIVE_PROMPT_KEY, None)
         known = {f.name for f in fields(TinyWanConfig)}
         if not isinstance(config_fields, dict) or not config_fields.keys() <= known:
             raise UserError(f"{directory / CONFIG_FILE} is not a TinyWanConfig; {fix}")
@@ -395,6 +406,23 @@ def load_default() -> TinyWan:
         DEFAULT_WEIGHTS_DIR,
         fix="reinstall videogrpo, or run `videogrpo pretrain` to rebuild the default weights",
     )
+
+
+def load_tiny_wan(spec: ModelSpec) -> TinyWan:
+    """`model.type: tiny_wan`: a folder written by `save_pretrained`, or the embedded default."""
+    if spec.options:
+        raise UserError(f"model.options: the tiny_wan model takes none, got {sorted(spec.options)}")
+    model = load_default() if spec.path is None else TinyWan.from_pretrained(spec.path)
+    c = model.config
+    asked = (spec.num_frames, spec.height, spec.width)
+    made = model.latent_shape[1:]
+    if any(want is not None and want != have for want, have in zip(asked, made, strict=True)):
+        raise UserError(
+            f"sampling.num_frames/height/width: this tiny_wan model makes {c.num_frames}×"
+            f"{c.height}×{c.width} clips only; leave them unset (null)"
+        )
+    model.autocast_dtype = None if spec.dtype == torch.float32 else spec.dtype
+    return model.to(spec.device)
 
 
 def _read_json(path: Path, fix: str) -> object:

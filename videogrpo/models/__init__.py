@@ -1,8 +1,8 @@
 """Video generators behind one protocol; see docs/models.md.
 
-Only the light protocol types are imported here; `videogrpo.embedded.tiny_wan` pulls in diffusers.
+Only the light protocol types are imported here; the adapters pull in diffusers when loaded.
 """
 
-from videogrpo.models.base import PromptEmbeddings, VideoGenerator, guided_velocity
+from videogrpo.models.base import Conditioning, ModelSpec, VideoGenerator, guided_velocity
 
-__all__ = ["PromptEmbeddings", "VideoGenerator", "guided_velocity"]
+__all__ = ["Conditioning", "ModelSpec", "VideoGenerator", "guided_velocity"]

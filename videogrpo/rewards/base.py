@@ -21,6 +21,10 @@ class RewardModel(Protocol):
     `videos` is float (B, F, H, W, 3) in [0, 1], channels last; the result maps every name in
     `components` to a float32 tensor of B scores. A video that cannot be scored gets NaN, which
     the trainer excludes from group statistics.
+
+    Two optional methods are used when a reward has them: `check_prompts(prompts)` raises a
+    UserError for prompts it cannot score (called before a run writes anything), and
+    `diagnostics(videos, prompts) -> {name: (B,)}` adds per-video numbers to eval summaries.
     """
 
     components: tuple[str, ...]

@@ -345,6 +345,17 @@ class WorldReward:
             "ta": _text_alignment(track, _attribute_scores(track, attributes)),
         }
 
+    def check_prompts(self, prompts: list[str]) -> None:
+        """Scores exist only for the world's grammar: a bad prompt is a UserError up front."""
+        for prompt in dict.fromkeys(prompts):
+            parse_prompt(prompt)
+
+    def diagnostics(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Per clip, for eval: which asked-for attribute it misses, and whether one object moves."""
+        scores = {f"attribute_{k}": v for k, v in self.attribute_scores(videos, prompts).items()}
+        scores["coherent_fraction"] = self.coherent_object(videos).float()
+        return scores
+
     @torch.no_grad()
     def attribute_scores(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         """The per-attribute matches behind ta: background, colour, shape, direction, speed."""

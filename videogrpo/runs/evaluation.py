@@ -3,7 +3,8 @@
 Eval is deterministic by default (ODE sampling, seeds derived from one base seed), so two evals of
 the same weights give the same numbers and a before/after difference is the training's doing.
 With a stochastic rule and several samples per prompt it also measures the within-group spread of
-the composite, i.e. how much signal group advantages will have (ALGORITHMS §5).
+the composite, i.e. how much signal group advantages will have (ALGORITHMS §5). Only each
+sample's final latent is kept, and videos are decoded and scored in chunks (training/scoring.py).
 """
 
 from __future__ import annotations
@@ -13,23 +14,24 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from videogrpo.core import schedule
 from videogrpo.models.base import VideoGenerator
 from videogrpo.rewards.base import RewardModel
-from videogrpo.training.rollout import sample_trajectories
+from videogrpo.training.rollout import sample_final
+from videogrpo.training.scoring import decode_and_score
+from videogrpo.training.step import StepSettings
 
-# Rows per model call during eval; bounds memory, not results (each sample has its own noise).
-EVAL_CHUNK = 64
+# Samples per model call during eval and sampling; bounds memory, not results (each sample has
+# its own noise stream).
+DEFAULT_EVAL_BATCH = 64
+DEFAULT_DECODE_BATCH = 8
 
 
 @dataclass
 class EvalResult:
     prompts: list[str]
     seeds: list[int]
-    videos: Tensor  # (N, F, H, W, 3) in [0, 1]
     rewards: dict[str, Tensor]  # component -> (N,), plus "composite" (equal-weight mean)
-    coherent_fraction: float | None = None
-    within_group_std: float | None = None
+    videos: Tensor | None = None  # (K, F, H, W, 3) in [0, 1]: the first K samples, if kept
     summary: dict[str, float] = field(default_factory=dict)
 
 
@@ -47,57 +49,51 @@ def evaluate(
     model: VideoGenerator,
     reward: RewardModel,
     prompts: list[str],
+    settings: StepSettings,
     *,
     samples_per_prompt: int = 1,
     seed: int = 0,
-    num_steps: int = 10,
-    shift: float = 3.0,
-    guidance_scale: float = 1.0,
-    rule: str = "ode",
-    eta: float = 0.0,
+    negative_prompt: str = "",
+    batch_size: int = DEFAULT_EVAL_BATCH,
+    decode_batch_size: int = DEFAULT_DECODE_BATCH,
+    keep_videos: int = 0,
 ) -> EvalResult:
-    """Sample `samples_per_prompt` videos per prompt and score them.
+    """Sample `samples_per_prompt` videos per prompt with `settings` and score them.
 
     "composite" is the equal-weight mean of the reward's components: a fixed yardstick that does
     not move with the training weights or the curriculum.
     """
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]
     seeds = eval_seeds(seed, len(prompts), samples_per_prompt)
-    sigmas = schedule.sigmas(num_steps, shift)
-    sde_mask = torch.full((num_steps,), rule != "ode", dtype=torch.bool)
-    if rule != "ode":
-        sde_mask[-1] = False  # the last step stays deterministic, as in training rollouts
-    chunks = list(torch.arange(len(repeated)).split(EVAL_CHUNK))
+    sde_mask = torch.full((settings.num_steps,), settings.rule != "ode", dtype=torch.bool)
+    sde_mask[-1] = False  # the last step stays deterministic, as in training rollouts
     was_training = model.training
     model.eval()
-    trajectories = sample_trajectories(
+    final = sample_final(
         model,
-        repeated,
+        settings,
+        model.encode(repeated, negative_prompt),
         seeds,
-        sigmas,
-        rule=rule,
-        eta=eta,
         sde_mask=sde_mask,
-        guidance_scale=guidance_scale,
-        chunks=chunks,
+        batch_size=batch_size,
     )
     model.train(was_training)
-    videos = model.decode(trajectories.final).cpu()
-    scores = {name: value.float().cpu() for name, value in reward(videos, repeated).items()}
+    scored = decode_and_score(
+        model,
+        reward,
+        final,
+        repeated,
+        decode_batch_size=decode_batch_size,
+        keep_videos=keep_videos,
+        diagnostics=True,
+    )
+    scores = dict(scored.rewards)
     scores["composite"] = torch.stack(list(scores.values())).mean(dim=0)
-    result = EvalResult(repeated, seeds, videos, scores)
+    result = EvalResult(repeated, seeds, scores, scored.videos)
     result.summary = {name: float(value.mean()) for name, value in scores.items()}
     result.summary.update({f"{name}_std": float(value.std(0)) for name, value in scores.items()})
-    attribute_scores = getattr(reward, "attribute_scores", None)
-    if attribute_scores is not None:  # which asked-for attribute the samples miss
-        for name, value in attribute_scores(videos, repeated).items():
-            result.summary[f"attribute_{name}"] = float(value.mean())
-    coherent = getattr(reward, "coherent_object", None)
-    if coherent is not None:
-        result.coherent_fraction = float(coherent(videos).float().mean())
-        result.summary["coherent_fraction"] = result.coherent_fraction
+    result.summary.update({name: float(v.mean()) for name, v in scored.diagnostics.items()})
     if samples_per_prompt >= 2:
         groups = scores["composite"].reshape(len(prompts), samples_per_prompt)
-        result.within_group_std = float(groups.std(dim=1, unbiased=False).mean())
-        result.summary["within_group_std"] = result.within_group_std
+        result.summary["within_group_std"] = float(groups.std(dim=1, unbiased=False).mean())
     return result

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -27,18 +28,22 @@ from videogrpo.runs.checkpoint import (
 from videogrpo.config import TrainConfig, config_to_yaml, load_config
 from videogrpo.config.schema import to_dict
 from videogrpo.errors import UserError
-from videogrpo.runs.evaluation import EvalResult, evaluate
 from videogrpo.models.base import VideoGenerator
-from videogrpo.training.prompts import load_prompts
+from videogrpo.models.registry import build_model, enable_training
 from videogrpo.rewards.base import RewardModel
+from videogrpo.rewards.registry import build_reward, effective_weights
+from videogrpo.runs.evaluation import EvalResult, evaluate
+from videogrpo.training.build import eval_step_settings
+from videogrpo.training.prompts import load_prompts
 from videogrpo.runs.tracking import MetricsLog
 from videogrpo.training.trainer import GRPOTrainer, IterationResult
 from videogrpo.runs.video_io import write_gif
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoint"
-SUMMARY_KEYS = ("vq", "mq", "ta", "composite")
 ROLLOUT_GROUPS_SAVED = 2  # groups of each saved rollout written as GIFs (auditing, not stats)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,87 +52,99 @@ class RunResult:
     summary: dict
 
 
-def enable_training_mode(model: VideoGenerator, config: TrainConfig) -> VideoGenerator:
-    if config.model.finetune == "lora":
-        model.enable_lora(config.model.lora_rank, config.model.lora_alpha)
-    else:
-        model.enable_full_finetuning()
-    return model
-
-
 def load_model(config: TrainConfig) -> VideoGenerator:
     """The configured backbone with its trainable part (LoRA or full) switched on."""
-    from videogrpo.embedded.tiny_wan import TinyWan, load_default
-
-    path = config.model.path
-    model = load_default() if path is None else TinyWan.from_pretrained(path)
-    return enable_training_mode(model, config)
+    return enable_training(build_model(config.model, config.sampling), config.model)
 
 
-def load_for_inference(model_dir: str | None, run_dir: str | None) -> VideoGenerator:
-    """A base model (the embedded default or a folder), with a run's trained weights if given."""
-    from videogrpo.embedded.tiny_wan import TinyWan, load_default
-
-    model = load_default() if model_dir is None else TinyWan.from_pretrained(model_dir)
+def load_for_inference(
+    model_dir: str | None, run_dir: str | None, model_type: str | None = None
+) -> VideoGenerator:
+    """A base model (the embedded default, or a folder of `model_type`), with a run's trained
+    weights if a run is given; the run's own model settings are the defaults then."""
+    config = TrainConfig() if run_dir is None else read_run_config(Path(run_dir))
+    model_config = config.model
+    if model_type is not None:
+        model_config = replace(model_config, type=model_type, options={})
+    if model_dir is not None:
+        model_config = replace(model_config, path=model_dir)
+    model = build_model(model_config, config.sampling)
     if run_dir is not None:
         apply_run_weights(model, Path(run_dir))
     return model
 
 
-def apply_run_weights(model: VideoGenerator, run_dir: Path) -> None:
-    """Give a freshly loaded base model the latest trained weights of a run."""
+def read_run_config(run_dir: Path) -> TrainConfig:
     if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / CHECKPOINT_DIR).is_dir():
         raise UserError(f"{run_dir} is not a run directory with a checkpoint")
-    enable_training_mode(model, load_config(run_dir / CONFIG_FILE))
+    return load_config(run_dir / CONFIG_FILE)
+
+
+def apply_run_weights(model: VideoGenerator, run_dir: Path) -> None:
+    """Give a freshly loaded base model the latest trained weights of a run."""
+    enable_training(model, read_run_config(run_dir).model)
     model.load_trainable_state_dict(load_state(run_dir / CHECKPOINT_DIR)["trainer"]["weights"])
     model.eval()
 
 
 def load_reward(config: TrainConfig) -> RewardModel:
-    from videogrpo.rewards.world import WorldReward
-
-    reward = WorldReward()
-    missing = [name for name in config.reward.weights if name not in reward.components]
-    if config.reward.curriculum != "static":
-        missing += [name for name in config.reward.order if name not in reward.components]
-    if missing:
-        raise UserError(
-            f"reward: component(s) {missing} are not returned by the {config.reward.name!r} "
-            f"reward, which gives {list(reward.components)}"
-        )
+    """The configured reward(s); settles the static weights against what the reward returns."""
+    reward = build_reward(config.reward)
+    if config.reward.curriculum == "static":
+        weights = effective_weights(config.reward.weights, reward.components)
+        if weights != config.reward.weights:
+            logger.warning(
+                "reward.weights names %s, none of which the %r reward returns; weighting its "
+                "components %s equally (set reward.weights to choose)",
+                ", ".join(config.reward.weights),
+                config.reward.type,
+                ", ".join(reward.components),
+            )
+            config.reward.weights = weights
+    else:
+        missing = [name for name in config.reward.order if name not in reward.components]
+        if missing:
+            raise UserError(
+                f"reward.order: component(s) {missing} are not returned by the reward, which "
+                f"gives {list(reward.components)}"
+            )
     return reward
 
 
-def check_prompts(config: TrainConfig, prompts: list[str]) -> None:
-    """The world reward scores only its grammar: reject other prompts before the run starts."""
-    if config.reward.name == "world":
-        from videogrpo.embedded.world.grammar import parse_prompt
-
-        for prompt in dict.fromkeys(prompts):
-            parse_prompt(prompt)
+def check_prompts(reward: RewardModel, prompts: list[str]) -> None:
+    """A reward that scores only some prompts (the world's grammar) rejects the others now."""
+    check = getattr(reward, "check_prompts", None)
+    if check is not None:
+        check(prompts)
 
 
-def run_eval(trainer: GRPOTrainer, eval_prompts: list[str]) -> EvalResult:
+def run_eval(trainer: GRPOTrainer, eval_prompts: list[str], keep_videos: int = 0) -> EvalResult:
     config = trainer.config
     return evaluate(
         trainer.model,
         trainer.reward,
         eval_prompts,
+        eval_step_settings(
+            config.eval.num_steps, config.sampling.shift, config.sampling.guidance_scale
+        ),
         samples_per_prompt=config.eval.samples_per_prompt,
         seed=config.eval.seed,
-        num_steps=config.eval.num_steps,
-        shift=config.sampling.shift,
-        guidance_scale=config.sampling.guidance_scale,
+        negative_prompt=config.sampling.negative_prompt,
+        batch_size=config.eval.batch_size,
+        decode_batch_size=config.memory.decode_batch_size,
+        keep_videos=keep_videos,
     )
 
 
-def save_eval(run_dir: Path, iteration: int, result: EvalResult, log: MetricsLog, videos: int):
-    """eval.jsonl gets the numbers; eval_videos/iter_N/ the first clips on their fixed seeds."""
+def save_eval(run_dir: Path, iteration: int, result: EvalResult, log: MetricsLog) -> None:
+    """eval.jsonl gets the numbers; eval_videos/iter_N/ the kept clips on their fixed seeds."""
     log.write(iteration, result.summary)
+    if result.videos is None:
+        return
     folder = run_dir / "eval_videos" / f"iter_{iteration:06d}"
     folder.mkdir(parents=True, exist_ok=True)
     index = []
-    for i in range(min(videos, len(result.prompts))):
+    for i in range(len(result.videos)):
         name = f"{i:03d}.gif"
         write_gif(folder / name, result.videos[i])
         rewards = {key: float(value[i]) for key, value in result.rewards.items()}
@@ -142,7 +159,8 @@ def save_rollout(run_dir: Path, iteration: int, result: IterationResult, group_s
     folder = run_dir / "rollouts" / f"iter_{iteration:06d}"
     folder.mkdir(parents=True, exist_ok=True)
     groups = []
-    for g in range(min(ROLLOUT_GROUPS_SAVED, len(result.prompts) // group_size)):
+    assert result.videos is not None, "the trainer was asked to keep no videos"
+    for g in range(min(ROLLOUT_GROUPS_SAVED, len(result.videos) // group_size)):
         samples = []
         for j in range(group_size):
             i = g * group_size + j
@@ -157,7 +175,8 @@ def save_rollout(run_dir: Path, iteration: int, result: IterationResult, group_s
 
 
 def summary_of(result: EvalResult) -> dict[str, float]:
-    return {key: result.summary[key] for key in SUMMARY_KEYS if key in result.summary}
+    """The held-out means of summary.json: every reward component and their composite."""
+    return {key: result.summary[key] for key in result.rewards}
 
 
 def default_run_name(config_path: str | None, seed: int) -> str:
@@ -218,7 +237,7 @@ def train(
         eval_prompts = eval_prompts[: config.eval.max_prompts]
     model = load_model(config)
     reward = load_reward(config)
-    check_prompts(config, [*train_prompts, *eval_prompts])
+    check_prompts(reward, [*train_prompts, *eval_prompts])
     trainer = GRPOTrainer(config, model, reward, train_prompts)
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -235,6 +254,7 @@ def train(
         metrics.truncate_after(trainer.iteration)
         evals.truncate_after(trainer.iteration)
     started = time.monotonic() - wall_before
+    group_size = config.data.group_size
 
     def checkpoint() -> None:
         state = {
@@ -246,8 +266,8 @@ def train(
         write_atomically(run_dir / CHECKPOINT_DIR, lambda tmp: save_state(tmp, state))
 
     if eval_before is None:
-        before = run_eval(trainer, eval_prompts)
-        save_eval(run_dir, 0, before, evals, config.eval.videos)
+        before = run_eval(trainer, eval_prompts, config.eval.videos)
+        save_eval(run_dir, 0, before, evals)
         eval_before = summary_of(before)
         checkpoint()
 
@@ -260,14 +280,15 @@ def train(
         disable=not progress,
     )
     while trainer.iteration < config.run.iterations:
-        result = trainer.step()
-        iteration = trainer.iteration
+        iteration = trainer.iteration + 1
+        videos_due = bool(config.run.videos_every) and iteration % config.run.videos_every == 0
+        result = trainer.step(keep_videos=ROLLOUT_GROUPS_SAVED * group_size if videos_due else 0)
         metrics.write(iteration, result.metrics)
-        if config.run.videos_every and iteration % config.run.videos_every == 0:
-            save_rollout(run_dir, iteration, result, config.data.group_size)
+        if videos_due:
+            save_rollout(run_dir, iteration, result, group_size)
         eval_due = config.run.eval_every and iteration % config.run.eval_every == 0
         if eval_due and iteration < config.run.iterations:
-            save_eval(run_dir, iteration, run_eval(trainer, eval_prompts), evals, 0)
+            save_eval(run_dir, iteration, run_eval(trainer, eval_prompts), evals)
         if iteration % config.run.checkpoint_every == 0 or iteration == config.run.iterations:
             checkpoint()
         m = result.metrics
@@ -280,9 +301,9 @@ def train(
         bar.update(1)
     bar.close()
 
-    after = run_eval(trainer, eval_prompts)
+    after = run_eval(trainer, eval_prompts, config.eval.videos)
     evals.truncate_after(trainer.iteration - 1)  # a final eval a crash left behind is redone
-    save_eval(run_dir, trainer.iteration, after, evals, config.eval.videos)
+    save_eval(run_dir, trainer.iteration, after, evals)
     if config.model.finetune == "lora":
         write_atomically(run_dir / "lora", trainer.model.save_lora)
     else:  # the whole fine-tuned model, loadable by `videogrpo eval/sample --model RUN/model`

@@ -1,7 +1,7 @@
 """Sampling loop: denoise groups of samples with any step rule and record what training replays.
 
-This is the only sampler in videogrpo: rollouts, eval and `videogrpo sample` all call
-`sample_trajectories`, and the step math is `core.sde.step`. The model is called on batches whose
+This is the only sampler in videogrpo: rollouts, eval and `videogrpo sample` all come through
+`_denoise`, and every step is `training.step.policy_step`. The model is called on batches whose
 composition the update will reproduce exactly (rows grouped by minibatch and by whether they train
 the step), because a CPU or GPU matmul gives slightly different floats for a row in a different
 batch, and replaying a stored step must give a ratio of exactly 1 (DESIGN.md invariants).
@@ -14,20 +14,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from videogrpo.core import sde
-from videogrpo.models.base import PromptEmbeddings, VideoGenerator
+from videogrpo.models.base import Conditioning, VideoGenerator
+from videogrpo.training.step import StepSettings, policy_step
 
 
 @dataclass
 class Trajectories:
     """What a rollout stores per sample n and step k (T steps, N samples)."""
 
-    prompts: list[str]
     seeds: list[int]
-    states: Tensor  # (T+1, N, C, F, H, W) float32: x at σ_0 … σ_T; states[T] is the clean latent
+    states: Tensor  # (T+1, N, *latent) float32: x at σ_0 … σ_T; states[T] is the clean latent
     log_probs: Tensor  # (T, N) float32: log π_old of states[k+1] given states[k]; NaN on ODE steps
     sde_mask: Tensor  # (T,) bool: steps sampled with the stochastic rule
-    means: Tensor | None = None  # (T, N, C, F, H, W): μ_old per step, when asked for (analytic KL)
+    means: Tensor | None = None  # (T, N, *latent): μ_old per step, when asked for (analytic KL)
 
     @property
     def final(self) -> Tensor:
@@ -69,75 +68,111 @@ def initial_noise(model: VideoGenerator, seeds: list[int]) -> Tensor:
 @torch.no_grad()
 def sample_trajectories(
     model: VideoGenerator,
-    prompts: list[str],
+    settings: StepSettings,
+    conditioning: Conditioning,
     seeds: list[int],
-    sigmas: Tensor,
     *,
-    rule: str,
-    eta: float,
     sde_mask: Tensor,
-    guidance_scale: float,
     trained: Tensor | None = None,
     chunks: list[Tensor] | None = None,
-    sigma_clamp: float = sde.DEFAULT_SIGMA_CLAMP,
-    log_prob_reduction: str = "mean",
-    embeddings: PromptEmbeddings | None = None,
     keep_means: bool = False,
     noise_group_size: int = 1,
+    storage_device: torch.device | None = None,
 ) -> Trajectories:
-    """Denoise one sample per (prompt, seed) from σ_0 = 1 to 0 and record every state.
+    """Denoise one sample per (conditioning row, seed) and record every state and log π_old.
 
-    `sde_mask[k]` picks the stochastic `rule` at step k (ODE elsewhere). `trained` (N, T) bool and
+    `sde_mask[k]` picks the stochastic rule at step k (ODE elsewhere). `trained` (N, T) bool and
     `chunks` (index tensors covering 0..N-1) describe the coming update's batches; without them
     the whole batch is one chunk and nothing is trained. `noise_group_size` G > 1 starts each
     run of G consecutive samples from the first one's initial noise (DanceGRPO's shared noise);
-    every sample still explores with its own stream.
+    every sample still explores with its own stream. States are kept on `storage_device`
+    (default: the model's), moved to the model one step at a time.
     """
-    num_samples, num_steps = len(prompts), sigmas.numel() - 1
-    if len(seeds) != num_samples:
-        raise ValueError(f"need one seed per prompt, got {len(seeds)} seeds for {num_samples}")
+    return _denoise(
+        model, settings, conditioning, seeds, sde_mask, trained, chunks,
+        record=True, keep_means=keep_means, noise_group_size=noise_group_size,
+        storage_device=storage_device,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def sample_final(
+    model: VideoGenerator,
+    settings: StepSettings,
+    conditioning: Conditioning,
+    seeds: list[int],
+    *,
+    sde_mask: Tensor,
+    batch_size: int | None = None,
+) -> Tensor:
+    """Only the clean latents (N, *latent), in model batches of `batch_size`: eval and sampling
+    keep one state per sample, not T+1."""
+    num_samples = len(seeds)
+    chunks = list(torch.arange(num_samples).split(batch_size or num_samples or 1))
+    return _denoise(
+        model, settings, conditioning, seeds, sde_mask, None, chunks,
+        record=False, keep_means=False, noise_group_size=1, storage_device=None,
+    ).final  # fmt: skip
+
+
+def _denoise(
+    model: VideoGenerator,
+    settings: StepSettings,
+    conditioning: Conditioning,
+    seeds: list[int],
+    sde_mask: Tensor,
+    trained: Tensor | None,
+    chunks: list[Tensor] | None,
+    *,
+    record: bool,
+    keep_means: bool,
+    noise_group_size: int,
+    storage_device: torch.device | None,
+) -> Trajectories:
+    num_samples, num_steps = len(seeds), settings.num_steps
+    if len(conditioning) != num_samples:
+        raise ValueError(
+            f"need one seed per sample, got {num_samples} seeds for {len(conditioning)}"
+        )
     if sde_mask.shape != (num_steps,):
         raise ValueError(f"sde_mask must have shape ({num_steps},), got {tuple(sde_mask.shape)}")
+    if noise_group_size > 1 and num_samples % noise_group_size:
+        raise ValueError(f"{num_samples} samples do not split into groups of {noise_group_size}")
     if trained is None:
         trained = torch.zeros(num_samples, num_steps, dtype=torch.bool)
     if chunks is None:
         chunks = [torch.arange(num_samples)]
-    embeddings = model.encode_prompts(prompts) if embeddings is None else embeddings
+    storage = storage_device or model.device
     streams = noise_streams(seeds)
 
-    states = torch.empty(num_steps + 1, num_samples, *model.latent_shape, device=model.device)
-    states[0] = draw_noise(model, streams)
+    start = draw_noise(model, streams)
     if noise_group_size > 1:
-        if num_samples % noise_group_size:
-            raise ValueError(
-                f"{num_samples} samples do not split into groups of {noise_group_size}"
-            )
-        states[0] = states[0, ::noise_group_size].repeat_interleave(noise_group_size, dim=0)
-    log_probs = torch.full((num_steps, num_samples), float("nan"), device=model.device)
-    means = torch.empty_like(states[1:]) if keep_means else None
+        start = start[::noise_group_size].repeat_interleave(noise_group_size, dim=0)
+    stored_steps = num_steps + 1 if record else 1
+    states = torch.empty(stored_steps, num_samples, *model.latent_shape, device=storage)
+    states[0] = start
+    log_probs = torch.full((num_steps, num_samples), float("nan"), device=storage)
+    means = torch.empty(num_steps, *states.shape[1:], device=storage) if keep_means else None
     for k in range(num_steps):
-        step_rule = rule if bool(sde_mask[k]) else "ode"
-        sigma, sigma_next = sigmas[k].item(), sigmas[k + 1].item()
-        step_noise = None if step_rule == "ode" else draw_noise(model, streams)
+        stochastic = bool(sde_mask[k]) and settings.rule != "ode"
+        step_noise = draw_noise(model, streams) if stochastic else None
+        current, following = (k, k + 1) if record else (0, 0)
+        next_states = torch.empty_like(states[current])
         for chunk in chunks:
             for rows in row_batches(chunk, trained[:, k]):
-                x = states[k, rows]
-                sigma_rows = torch.full((rows.numel(),), sigma, device=model.device)
-                velocity = model.velocity(x, sigma_rows, embeddings.select(rows), guidance_scale)
-                out = sde.step(
-                    step_rule,
-                    velocity,
-                    x,
-                    sigma,
-                    sigma_next,
-                    eta=eta,
+                step = policy_step(
+                    model,
+                    settings,
+                    k,
+                    states[current, rows].to(model.device),
+                    conditioning.select(rows),
+                    stochastic=stochastic,
                     noise=None if step_noise is None else step_noise[rows],
-                    sigma_clamp=sigma_clamp,
-                    log_prob_reduction=log_prob_reduction,
                 )
-                states[k + 1, rows] = out.prev_sample
+                next_states[rows] = step.out.prev_sample.to(storage)
                 if means is not None:
-                    means[k, rows] = out.mean
-                if out.log_prob is not None:
-                    log_probs[k, rows] = out.log_prob
-    return Trajectories(list(prompts), list(seeds), states, log_probs, sde_mask.clone(), means)
+                    means[k, rows] = step.out.mean.to(storage)
+                if step.out.log_prob is not None:
+                    log_probs[k, rows] = step.out.log_prob.to(storage)
+        states[following] = next_states
+    return Trajectories(list(seeds), states, log_probs, sde_mask.clone(), means)

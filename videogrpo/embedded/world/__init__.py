@@ -1,0 +1,1 @@
+"""The synthetic video world: a prompt grammar with a held-out split, and its renderer."""

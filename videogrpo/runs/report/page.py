@@ -37,7 +37,7 @@ from videogrpo.runs.report.svg import Chart, render_svg
 # Config settings shown in the header, as dotted paths into config.yaml.
 HEADER_SETTINGS = (
     "preset",
-    "model.backbone",
+    "model.type",
     "model.finetune",
     "sampling.rule",
     "sampling.eta",
