@@ -77,9 +77,9 @@ def test_the_components_option_wins_over_probing(user_file):
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("no_colon_here", "is not module:function"),
-        ("surely_not_a_module_xyz:fn", "cannot import module"),
-        ("{file}:missing", "has no attribute 'missing'"),
+        ("no_colon_here", "expected MODULE:NAME"),
+        ("surely_not_a_module_xyz:fn", "cannot import 'surely_not_a_module_xyz'"),
+        ("{file}:missing", "has no 'missing'"),
         ("{file}:not_a_function", "not callable"),
         ("{file}:broken", "declare them: reward.options.components"),
         ("{dir}/absent.py:fn", "not found"),

@@ -21,7 +21,7 @@ from torch import Tensor
 from videogrpo.errors import UserError
 from videogrpo.rewards.frames import check_batch, to_uint8, uniform_frame_indices
 from videogrpo.rewards.guarded import one_line
-from videogrpo.rewards.placement import resolve_device, resolve_dtype
+from videogrpo.rewards.placement import quiet_loading, resolve_device, resolve_dtype
 
 # CLIPScore's rescaling weight w (Hessel et al. 2021, section 3): spreads scores over [0, 2.5].
 CLIPSCORE_WEIGHT = 2.5
@@ -64,8 +64,9 @@ class ClipFrameScorer:
         self.dtype = resolve_dtype(dtype, self.device, "float32")
         self.frames = frames
         try:
-            self.processor = CLIPProcessor.from_pretrained(folder)
-            model = CLIPModel.from_pretrained(folder, dtype=self.dtype)
+            with quiet_loading():
+                self.processor = CLIPProcessor.from_pretrained(folder)
+                model = CLIPModel.from_pretrained(folder, dtype=self.dtype)
         except (OSError, ValueError, TypeError) as error:
             message = f"{key}: cannot load a CLIP model from {folder}: {one_line(error)}"
             raise UserError(message) from error

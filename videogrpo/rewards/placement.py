@@ -1,6 +1,10 @@
-"""Where a learned reward runs: its `device` and `dtype` options, checked before the run."""
+"""How a learned reward is loaded: its `device` and `dtype` options, checked before the run, and
+quietly (a run's stderr is for its own progress and one-line errors)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -29,3 +33,20 @@ def resolve_dtype(name: str, device: torch.device, gpu_default: str) -> torch.dt
     if name not in DTYPES:
         raise UserError(f"reward.options.dtype: {name!r} is not one of auto, {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' progress bars and notices off while loading (e.g. that its image processors
+    fall back to PIL without torchvision, which is what the CPU install wants), restored after."""
+    from transformers.utils import logging
+
+    bars, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()

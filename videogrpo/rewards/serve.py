@@ -1,4 +1,4 @@
-"""The reward server behind `videogrpo serve-reward`: any reward over HTTP (wire.py's format).
+"""The reward server behind `videogrpo serve-reward`: one reward over HTTP (wire.py's format).
 
 GET /info answers {"components": [...]}; POST /score scores a body of videos and prompts and
 answers the scores in the request's format. A body that cannot be read is a 400; an error the
@@ -12,9 +12,11 @@ import json
 import sys
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import torch
 
+from videogrpo.errors import UserError
 from videogrpo.rewards.base import RewardModel
 from videogrpo.rewards.guarded import checked_scores, one_line
 from videogrpo.rewards.wire import WireError, decode_request, encode_scores
@@ -83,3 +85,42 @@ def make_server(
                 sys.stderr.write(f"{self.address_string()} {format % args}\n")
 
     return HTTPServer((host, port), Handler)
+
+
+SERVED_KEYS = ("type", "options", "batch_size")
+
+
+def load_served_reward(path: str) -> tuple[str, RewardModel, int]:
+    """(type, reward, batch size) of a YAML reward section, alone or in a training config.
+
+    The server serves one reward, unguarded: an error it raises goes back to the client, which
+    reports it (reward.additional of a training config is the client's business, not served).
+    """
+    import yaml
+
+    from videogrpo.rewards.registry import build_one
+
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"reward config {path!r} not found")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"reward config {path!r} is not valid YAML: {one_line(error)}") from error
+    in_training_config = isinstance(data, dict) and isinstance(data.get("reward"), dict)
+    section = data["reward"] if in_training_config else data
+    if not isinstance(section, dict) or "type" not in section:
+        raise UserError(
+            f"reward config {path!r}: expected a reward section with {', '.join(SERVED_KEYS)} "
+            "(or a training config holding one under `reward:`)"
+        )
+    unknown = sorted(set(section) - set(SERVED_KEYS))
+    if unknown and not in_training_config:
+        raise UserError(f"reward config {path!r}: unknown keys {unknown}; allowed {SERVED_KEYS}")
+    options, batch_size = section.get("options") or {}, section.get("batch_size", 0)
+    if not isinstance(options, dict) or not isinstance(batch_size, int) or batch_size < 0:
+        raise UserError(
+            f"reward config {path!r}: options must be a mapping, batch_size an int >= 0"
+        )
+    name = str(section["type"])
+    return name, build_one(name, options, "reward"), batch_size
