@@ -194,6 +194,12 @@ class KLConfig:
     anchor_every: int = setting(10, "Moving anchor refresh period N in optimizer steps.", ge=1)
     beta_pos: float = setting(1.0, "dual: weight of the moving-anchor KL.", ge=0)
     beta_vel: float = setting(0.1, "dual: weight of the step-wise KL.", ge=0)
+    normalizer: str = setting(
+        "step_variance",
+        "Gaussian KL denominator: the step variance Σ_k + 1e-6 (SAGE) or FlowGRPO's "
+        "std_dev_t² = η²σ/(1 − σ) without the step length (flow_grpo train_sd3.py).",
+        choices=("step_variance", "flowgrpo"),
+    )
     stepwise_estimator: str = setting(
         "k1",
         "Step-wise KL: k1 from log-probs or analytic from stored means.",

@@ -63,7 +63,8 @@ class MovingAnchor:
 class KLReference:
     """Everything the update needs to add λ_t·KL: reference means, per-step terms, λ_t.
 
-    `variances` (T,) are the per-step denominators Σ_k of the Gaussian KL.
+    `variances` (T,) are the per-step denominators of the Gaussian KL (the step variances Σ_k,
+    or FlowGRPO's std_dev_t²) and `eps` the floor added to them (SAGE: 1e-6; FlowGRPO: none).
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class KLReference:
         beta_pos: float = kl_terms.DEFAULT_BETA_POSITION,
         beta_vel: float = kl_terms.DEFAULT_BETA_VELOCITY,
         stepwise_estimator: str = "k1",
+        eps: float = kl_terms.KL_VARIANCE_EPS,
     ) -> None:
         if kind not in REFERENCE_KINDS:
             raise ValueError(f"unknown KL reference {kind!r}; allowed: {list(REFERENCE_KINDS)}")
@@ -85,6 +87,7 @@ class KLReference:
         self.variances = variances
         self.beta_pos, self.beta_vel = beta_pos, beta_vel
         self.stepwise_estimator = stepwise_estimator
+        self.eps = eps
         self.anchor = MovingAnchor(model, anchor_every) if kind in ("moving", "dual") else None
         self.seconds = 0.0  # time spent in reference forwards, for the time/reference metric
         self._means: Tensor | None = None
@@ -179,12 +182,12 @@ class KLReference:
         if self.compares_to_reference:
             assert reference_means is not None
             reference = reference_means[k, rows].to(mean.device)
-            terms["pos"] = kl_terms.gaussian_kl(mean, reference, variance)
+            terms["pos"] = kl_terms.gaussian_kl(mean, reference, variance, self.eps)
         if self.compares_to_rollout:
             if self.needs_rollout_means:
                 assert trajectories.means is not None
                 old_mean = trajectories.means[k, rows].to(mean.device)
-                terms["vel"] = kl_terms.gaussian_kl(mean, old_mean, variance)
+                terms["vel"] = kl_terms.gaussian_kl(mean, old_mean, variance, self.eps)
             else:
                 old = trajectories.log_probs[k, rows].to(log_prob.device)
                 terms["vel"] = kl_terms.k1_kl(log_prob, old)
