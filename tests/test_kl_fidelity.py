@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import PRESETS_DIR
+from conftest import PRESETS_DIR, make_trainer
 
 from videogrpo.config import load_config
 from videogrpo.training import build
@@ -55,3 +55,55 @@ def test_sage_kl_divides_by_its_step_variance_plus_epsilon():
         terms = kl.terms(k, torch.tensor([0]), mean, torch.zeros(1), rollout, reference)
         expected = 0.01 / (2 * (variance + 1e-6))
         assert float(terms["pos"]) == pytest.approx(expected, rel=1e-5)
+
+
+# SAGE's adaptive controller (ALGORITHMS §7): λ ramps from 1e-7 to 1e-5 over 100 controller
+# updates, then ×0.9 while the mean of the last 10 KL values exceeds 1.5·target, ×1.1 while it
+# is below 0.5·target, clamped to [1e-7, 1e-5]; target = 1e-5. Official SAGE updates it at every
+# (sample, timestep) inner iteration. With 40 trained pairs per optimizer update, after updates
+# 1, 3 and 4 the controller has seen 40, 120 and 160 KL values:
+#   40:  still ramping, λ = 1e-7 + 0.4·(1e-5 − 1e-7) = 4.06e-6 (whatever the KL)
+#   120: KL 0 → 20 increases from 1e-5, clamped: 1e-5;  KL 1 (> 1.5e-5) → 1e-5·0.9²⁰
+#   160: KL 0 → 1e-5;  KL 1 → 1e-5·0.9⁶⁰ = 1.8e-8, clamped to 1e-7
+PAIRS_PER_UPDATE = 40
+EXPECTED_LAMBDA = {
+    0.0: {1: 4.06e-6, 3: 1e-5, 4: 1e-5},
+    1.0: {1: 4.06e-6, 3: 1e-5 * 0.9**20, 4: 1e-7},
+}
+
+
+@pytest.mark.parametrize("kl_value", [0.0, 1.0])
+def test_sage_controller_moves_at_every_sample_step_pair(kl_value):
+    config = load_config(PRESETS_DIR / "sage.yaml")
+    assert config.kl.controller_clock == "sample_step" and config.kl.target == 1e-5
+    kl = build.kl_reference(config, NoWeights(), build.step_settings(config))
+    seen = {}
+    for update in range(1, 5):
+        lambdas = kl.coefficients_for(torch.full((PAIRS_PER_UPDATE,), kl_value))
+        kl.after_optimizer_step(kl_value)  # the per-pair clock does not move again here
+        seen[update] = kl.coefficient()
+        if update == 1:  # each pair's loss used the λ from before its own update
+            assert lambdas[0] == pytest.approx(1e-7) and lambdas[-1] < seen[1]
+    for update, expected in EXPECTED_LAMBDA[kl_value].items():
+        assert seen[update] == pytest.approx(expected, rel=1e-6), update
+
+
+# tiny_settings: 2 prompts × 2 samples, 3 SDE steps of 4 (the last is ODE), one minibatch.
+TRAINED_PAIRS = 4 * 3
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize(
+    ("clock", "calls"), [("sample_step", TRAINED_PAIRS), ("optimizer_step", 1)]
+)
+def test_the_update_moves_the_controller_once_per_pair_or_per_step(
+    tiny_model_dir, tmp_path, monkeypatch, clock, calls
+):
+    trainer = make_trainer(
+        tiny_model_dir, tmp_path, "sage", ["optim.minibatches=1", f"kl.controller_clock={clock}"]
+    )
+    seen = []
+    update = trainer.kl.schedule.update
+    monkeypatch.setattr(trainer.kl.schedule, "update", lambda kl: seen.append(kl) or update(kl))
+    trainer.step()
+    assert len(seen) == calls

@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from conftest import PRESET_IDS, PRESETS, PRESETS_DIR, tiny_settings
+from conftest import PRESET_IDS, PRESETS, PRESETS_DIR, make_trainer, tiny_settings
 
 import videogrpo.training.trainer as trainer_module
 import videogrpo.training.update as update_module
@@ -23,24 +23,13 @@ from videogrpo.embedded.world.grammar import HELDOUT_PROMPTS
 from videogrpo.runs.checkpoint import load_state
 from videogrpo.runs.report.charts import chart_sections
 from videogrpo.runs.tracking import MetricsLog
-from videogrpo.runs.train import apply_run_weights, load_model, load_reward, train
-from videogrpo.training.prompts import load_prompts
+from videogrpo.runs.train import apply_run_weights, train
 from videogrpo.training.rollout import initial_noise
-from videogrpo.training.trainer import GRPOTrainer
 from videogrpo.training.trust_region import MovingAnchor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 EVAL_KEYS = {"vq", "mq", "ta", "composite"}
-
-
-def make_trainer(model_dir, output_dir, preset: str = "sage", overrides=()) -> GRPOTrainer:
-    """A GRPOTrainer as run.train builds it (same seed before the LoRA init), without the disk."""
-    settings = tiny_settings(model_dir, output_dir) + list(overrides)
-    config = load_config(PRESETS_DIR / f"{preset}.yaml", settings)
-    torch.manual_seed(config.run.seed)
-    model = load_model(config)
-    return GRPOTrainer(config, model, load_reward(config), load_prompts(config.data.prompts))
 
 
 class ReplayLog:

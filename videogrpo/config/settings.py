@@ -210,7 +210,15 @@ class KLConfig:
     coef_start: float = setting(1e-7, "two_stage/linear_ramp/adaptive: initial λ (λ_min).", ge=0)
     coef_max: float = setting(1e-5, "adaptive: upper bound λ_max.", ge=0)
     switch_steps: int = setting(100, "two_stage: switch step; ramps: ramp length.", ge=0)
-    target: float = setting(1e-3, "adaptive: KL target (separate from λ_max).", gt=0)
+    target: float = setting(
+        1e-5, "adaptive: KL target (separate from λ_max; official SAGE: 1e-5).", gt=0
+    )
+    controller_clock: str = setting(
+        "sample_step",
+        "When λ_t updates: at every trained (sample, step) pair with that pair's KL (official "
+        "SAGE), or once per optimizer step with the step's mean KL.",
+        choices=("sample_step", "optimizer_step"),
+    )
     window: int = setting(10, "adaptive: KL values averaged per decision.", ge=1)
 
 

@@ -96,6 +96,7 @@ def kl_reference(config: TrainConfig, model: VideoGenerator, settings: StepSetti
         beta_vel=kl.beta_vel,
         stepwise_estimator=kl.stepwise_estimator,
         eps=eps,
+        clock=kl.controller_clock,
     )
 
 

@@ -25,6 +25,9 @@ from videogrpo.training.rollout import Trajectories
 from videogrpo.training.step import StepSettings
 
 REFERENCE_KINDS = ("none", "fixed", "moving", "stepwise", "dual")
+# When λ_t moves: once per trained (sample, step) pair, with that pair's KL (official SAGE calls
+# its controller at every inner iteration), or once per optimizer step with the step's mean KL.
+CLOCKS = ("sample_step", "optimizer_step")
 
 
 class MovingAnchor:
@@ -79,6 +82,7 @@ class KLReference:
         beta_vel: float = kl_terms.DEFAULT_BETA_VELOCITY,
         stepwise_estimator: str = "k1",
         eps: float = kl_terms.KL_VARIANCE_EPS,
+        clock: str = "optimizer_step",
     ) -> None:
         if kind not in REFERENCE_KINDS:
             raise ValueError(f"unknown KL reference {kind!r}; allowed: {list(REFERENCE_KINDS)}")
@@ -88,6 +92,9 @@ class KLReference:
         self.beta_pos, self.beta_vel = beta_pos, beta_vel
         self.stepwise_estimator = stepwise_estimator
         self.eps = eps
+        if clock not in CLOCKS:
+            raise ValueError(f"unknown KL controller clock {clock!r}; allowed: {list(CLOCKS)}")
+        self.clock = clock
         self.anchor = MovingAnchor(model, anchor_every) if kind in ("moving", "dual") else None
         self.seconds = 0.0  # time spent in reference forwards, for the time/reference metric
         self._means: Tensor | None = None
@@ -125,11 +132,22 @@ class KLReference:
             self.anchor.maybe_refresh(model, optimizer_steps)
 
     def coefficient(self) -> float:
-        """λ_t for the coming optimizer step."""
+        """λ_t for the coming optimizer step (per-pair λ are `coefficients_for`'s)."""
         return self.schedule.value()
 
+    def coefficients_for(self, values: Tensor) -> Tensor:
+        """`sample_step` clock: λ for each (sample, step) pair's KL in `values`, in order — the
+        value before that pair's own controller update, as official SAGE reads λ before it
+        calls update(kl) at every inner iteration."""
+        lambdas = []
+        for value in values.tolist():
+            lambdas.append(self.schedule.value())
+            self.schedule.update(value)
+        return torch.tensor(lambdas, dtype=values.dtype, device=values.device)
+
     def after_optimizer_step(self, step_kl: float) -> None:
-        self.schedule.update(step_kl)
+        if self.clock == "optimizer_step":
+            self.schedule.update(step_kl)
 
     # ---------------------------------------------------------------- reference means
 
@@ -194,7 +212,7 @@ class KLReference:
         return terms
 
     def combine(self, terms: dict[str, Tensor]) -> Tensor | None:
-        """The KL of the loss from the terms' batch means (None without a KL)."""
+        """The KL of the loss from the terms (batch means or per-sample; None without a KL)."""
         if self.kind == "dual":
             return kl_terms.dual_kl(terms["pos"], terms["vel"], self.beta_pos, self.beta_vel)
         if "pos" in terms:
