@@ -80,7 +80,7 @@ def test_sage_controller_moves_at_every_sample_step_pair(kl_value):
     seen = {}
     for update in range(1, 5):
         lambdas = kl.coefficients_for(torch.full((PAIRS_PER_UPDATE,), kl_value))
-        kl.after_optimizer_step(kl_value)  # the per-pair clock does not move again here
+        kl.after_optimizer_step(NoWeights(), update, kl_value)  # the per-pair clock: no move
         seen[update] = kl.coefficient()
         if update == 1:  # each pair's loss used the λ from before its own update
             assert lambdas[0] == pytest.approx(1e-7) and lambdas[-1] < seen[1]
@@ -107,3 +107,39 @@ def test_the_update_moves_the_controller_once_per_pair_or_per_step(
     monkeypatch.setattr(trainer.kl.schedule, "update", lambda kl: seen.append(kl) or update(kl))
     trainer.step()
     assert len(seen) == calls
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_anchor_is_refreshed_right_after_optimizer_step_n_within_an_iteration(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """anchor_every = 2 with 2 minibatches × 2 epochs = 4 optimizer steps per iteration: the
+    anchor must be refreshed after steps 2 and 4 (not only when an iteration starts, which made
+    the real period 4), and the reference means of the minibatches after step 2 are recomputed
+    against the new anchor (4 reference replays instead of 2)."""
+    from videogrpo.training import trust_region
+
+    trainer = make_trainer(
+        tiny_model_dir,
+        tmp_path,
+        "sage",
+        ["kl.anchor_every=2", "optim.minibatches=2", "optim.inner_epochs=2"],
+    )
+    anchor = trainer.kl.anchor
+    refreshed = {}
+    after_step = trainer.kl.after_optimizer_step
+
+    def record(model, optimizer_steps, step_kl):
+        after_step(model, optimizer_steps, step_kl)
+        policy = model.trainable_state_dict()
+        refreshed[optimizer_steps] = all(torch.equal(anchor.weights[n], policy[n]) for n in policy)
+
+    replays = []
+    replay = trust_region.replay
+    monkeypatch.setattr(trainer.kl, "after_optimizer_step", record)
+    monkeypatch.setattr(
+        trust_region, "replay", lambda *a, **k: replays.append(1) or replay(*a, **k)
+    )
+    trainer.step()
+    assert refreshed == {1: False, 2: True, 3: False, 4: True}
+    assert anchor.refreshed_at == 4 and len(replays) == 4

@@ -226,17 +226,18 @@ class WanGenerator(TrainableTransformer):
         )[0]
 
     def _latent_statistics(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """Wan's per-channel latents_mean and 1 / latents_std, as WanPipeline computes them."""
         view = (1, self.vae.config.z_dim, 1, 1, 1)
         mean = torch.tensor(self.vae.config.latents_mean).view(view)
-        std = torch.tensor(self.vae.config.latents_std).view(view)
-        return mean.to(like.device, like.dtype), std.to(like.device, like.dtype)
+        inverse_std = 1.0 / torch.tensor(self.vae.config.latents_std).view(view)
+        return mean.to(like.device, like.dtype), inverse_std.to(like.device, like.dtype)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
-        """Normalised latents → (B, F, H, W, 3) in [0, 1], as WanPipeline decodes them."""
+        """Normalised latents → (B, F, H, W, 3) in [0, 1], with WanPipeline's arithmetic."""
         latents = latents.to(self.vae.device, self.vae.dtype)
-        mean, std = self._latent_statistics(latents)
-        video = self.vae.decode(latents * std + mean, return_dict=False)[0]
+        mean, inverse_std = self._latent_statistics(latents)
+        video = self.vae.decode(latents / inverse_std + mean, return_dict=False)[0]
         return (video.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1)
 
     def encode_videos(self, videos: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -244,8 +245,8 @@ class WanGenerator(TrainableTransformer):
         pixels = (2 * videos.float() - 1).permute(0, 4, 1, 2, 3)
         pixels = pixels.to(self.vae.device, self.vae.dtype)
         latents = self.vae.encode(pixels).latent_dist.sample(generator)
-        mean, std = self._latent_statistics(latents)
-        return ((latents - mean) / std).float()
+        mean, inverse_std = self._latent_statistics(latents)
+        return ((latents - mean) * inverse_std).float()
 
     # ----------------------------------------------------------------- files
 

@@ -31,7 +31,7 @@ CLOCKS = ("sample_step", "optimizer_step")
 
 
 class MovingAnchor:
-    """π_ref ← copy of π_θ every `every` optimizer steps."""
+    """π_ref ← copy of π_θ every `every` optimizer steps (checked after each step)."""
 
     def __init__(self, model: VideoGenerator, every: int) -> None:
         self.every = every
@@ -126,11 +126,6 @@ class KLReference:
 
     # ---------------------------------------------------------------- anchor and λ
 
-    def before_iteration(self, model: VideoGenerator, optimizer_steps: int) -> None:
-        """Refresh the moving anchor if N optimizer steps have passed (§9 step 1)."""
-        if self.anchor is not None:
-            self.anchor.maybe_refresh(model, optimizer_steps)
-
     def coefficient(self) -> float:
         """λ_t for the coming optimizer step (per-pair λ are `coefficients_for`'s)."""
         return self.schedule.value()
@@ -145,9 +140,16 @@ class KLReference:
             self.schedule.update(value)
         return torch.tensor(lambdas, dtype=values.dtype, device=values.device)
 
-    def after_optimizer_step(self, step_kl: float) -> None:
+    def after_optimizer_step(
+        self, model: VideoGenerator, optimizer_steps: int, step_kl: float
+    ) -> None:
+        """Right after optimizer step N, 2N, …: the anchor becomes a copy of the policy, and
+        reference means computed against the old anchor are recomputed before their next use
+        (so the period is N whatever the minibatches × epochs per rollout)."""
         if self.clock == "optimizer_step":
             self.schedule.update(step_kl)
+        if self.anchor is not None and self.anchor.maybe_refresh(model, optimizer_steps):
+            self._fresh_chunks.clear()
 
     # ---------------------------------------------------------------- reference means
 
