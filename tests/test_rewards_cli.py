@@ -51,7 +51,7 @@ def metrics_of(run_dir):
 
 
 def test_a_python_function_trains_a_preset_weighting_its_components_equally(
-    tiny_model_dir, tmp_path, capsys
+    tiny_model_dir, tmp_path, capsys, caplog
 ):
     module = tmp_path / "my_scores.py"
     module.write_text(USER_REWARD)
@@ -65,7 +65,7 @@ def test_a_python_function_trains_a_preset_weighting_its_components_equally(
         f"reward.options.function={module}:brightness",
     )
     assert code == 0, err
-    assert "weighting its components brightness, redness equally" in err
+    assert "weighting its components brightness, redness equally" in caplog.text
     run_dir = only_run(output_dir)
     (metrics,) = metrics_of(run_dir)
     assert 0 < metrics["reward/brightness_mean"] < 1 and 0 < metrics["reward/redness_mean"] < 1
