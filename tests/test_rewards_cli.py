@@ -7,6 +7,7 @@ written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import textwrap
 
@@ -121,3 +122,11 @@ def test_bad_reward_input_is_one_line_before_anything_is_written(
     lines = err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], err
     assert not output_dir.exists() or not any(output_dir.iterdir())
+
+
+def test_the_reward_type_help_names_every_built_in_reward():
+    from videogrpo.config.settings import RewardConfig
+    from videogrpo.rewards.registry import BUILTIN_REWARDS
+
+    (field,) = [f for f in dataclasses.fields(RewardConfig) if f.name == "type"]
+    assert all(name in field.metadata["help"] for name in BUILTIN_REWARDS)
