@@ -5,10 +5,13 @@ against these numbers. They come from the reference itself, which needs transfor
 torchvision, so this script runs in a throwaway environment, never in the project's:
 
     python3 -m venv /tmp/va-ref
-    /tmp/va-ref/bin/pip install torch torchvision "transformers==4.45.2" "peft==0.13.2" \
-        "trl==0.11.4" "huggingface_hub<1.0" accelerate datasets pandas packaging requests
-    git clone https://github.com/KwaiVGI/VideoAlign /tmp/VideoAlign
+    /tmp/va-ref/bin/pip install torch==2.14.1 torchvision==0.29.1 "transformers==4.45.2" \
+        "peft==0.13.2" "trl==0.11.4" "huggingface_hub<1.0" accelerate datasets pandas requests
+    git clone https://github.com/KwaiVGI/VideoAlign /tmp/VideoAlign   # recorded at 219ab9d
     /tmp/va-ref/bin/python scripts/record_videoalign_reference.py --videoalign /tmp/VideoAlign
+
+(install transformers and trl in one command: trl alone pulls the newest transformers). Two
+recordings give byte-identical files; the versions used are written into the file.
 
 It records, for the stated videos of tests/tiny_rewards.py:
 - preprocessing: VideoAlign's frame sampling and torchvision resize (vision_process.py) and the
