@@ -189,3 +189,22 @@ def test_a_server_dying_mid_run_stops_it_after_a_good_checkpoint_and_resume_fini
 
 def read_metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (None, "not found"),
+        ("type: python\nweights: {a: 1}\n", "unknown keys ['weights']"),
+        ("options: {}\n", "expected a reward section"),
+        ("type: nowhere_xyz:Reward\n", "cannot import 'nowhere_xyz'"),
+        ("type: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_reward_configs_do_not_start_a_server(tmp_path, capsys, content, needle):
+    config = tmp_path / "reward.yaml"
+    if content is not None:
+        config.write_text(content)
+    code = main(["serve-reward", str(config), "--port", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
