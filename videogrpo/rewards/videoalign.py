@@ -57,6 +57,9 @@ EMBEDDINGS = "backbone.language_model.embed_tokens.weight"
 HEAD = "rm_head.weight"
 # Wan 2.1's output frame rate: the usual generator behind VideoAlign rewards.
 DEFAULT_VIDEO_FPS = 16.0
+# VideoAlign's DataConfig defaults, for a model_config.json that leaves them out.
+REFERENCE_FPS = 2.0
+REFERENCE_MAX_PIXELS = 240 * 320
 
 
 @cache
@@ -191,9 +194,9 @@ class VideoAlign:
         data = folder.section("data_config")
         num_frames = data.get("num_frames")
         self.frames = FrameSettings(
-            fps=None if num_frames else float(data.get("fps", 2.0)),
+            fps=None if num_frames else float(data.get("fps", REFERENCE_FPS)),
             num_frames=int(num_frames) if num_frames else None,
-            max_pixels=int(data["max_frame_pixels"]),
+            max_pixels=int(data.get("max_frame_pixels", REFERENCE_MAX_PIXELS)),
         )
         self.normalization = _normalization(folder) if normalize else {}
 
@@ -218,6 +221,11 @@ class VideoAlign:
             )
         token_ids = tuple(self.tokenizer.convert_tokens_to_ids(list(REWARD_TOKENS)))
         output_dim = state[HEAD].shape[0]
+        if output_dim not in (1, len(SCORES)):
+            raise UserError(
+                f"reward.options.path: the head of {folder.checkpoint} has {output_dim} outputs; "
+                f"VideoAlign reads 1 per reward token or 1 per score ({len(SCORES)})"
+            )
         with init_empty_weights():  # no random init of two billion weights about to be replaced
             model = VideoRewardNet(config, output_dim, token_ids)
         state = {key: value.to(self.dtype) for key, value in state.items()}
