@@ -54,6 +54,8 @@ REWARD_TOKENS = tuple(f"<|{name}_reward|>" for name in SCORES)
 PROMPT_TEMPLATE = "detailed_special"  # the only template whose tokens the head reads
 PROMPT_FILE = "videoalign_prompt.txt"
 EMBEDDINGS = "backbone.language_model.embed_tokens.weight"
+# torch's message on weights that do not fit lists every key; the first ones say enough.
+LOAD_ERROR_CHARACTERS = 300
 HEAD = "rm_head.weight"
 # Wan 2.1's output frame rate: the usual generator behind VideoAlign rewards.
 DEFAULT_VIDEO_FPS = 16.0
@@ -165,6 +167,51 @@ def _tokenizer(folder: VideoRewardFolder, base: Path):
     return tokenizer
 
 
+def _reward_model(
+    folder: VideoRewardFolder, base: Path, tokenizer, dtype: torch.dtype
+) -> VideoRewardNet:
+    """The checkpoint's weights in a VideoRewardNet built to the base model's config."""
+    from accelerate import init_empty_weights
+    from transformers import Qwen2VLConfig
+
+    config = Qwen2VLConfig.from_pretrained(base)
+    if config.model_type != "qwen2_vl":
+        raise UserError(
+            f"reward.options.base_model: {base} holds a {config.model_type!r} model; "
+            "VideoReward is trained from Qwen2-VL (Qwen/Qwen2-VL-2B-Instruct)"
+        )
+    state = reward_state_dict(folder, base)
+    for key in (EMBEDDINGS, HEAD):
+        if key not in state:
+            raise UserError(f"reward.options.path: {folder.checkpoint} has no weight {key}")
+    config.text_config.vocab_size = state[EMBEDDINGS].shape[0]  # resized for the reward tokens
+    video_pad_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
+    if video_pad_id != config.video_token_id:
+        raise UserError(
+            f"reward.options.base_model: the tokenizer's {VIDEO_PAD} is id {video_pad_id}, "
+            f"the model's video token {config.video_token_id}; they must be one model's"
+        )
+    token_ids = tuple(tokenizer.convert_tokens_to_ids(list(REWARD_TOKENS)))
+    output_dim = state[HEAD].shape[0]
+    if output_dim not in (1, len(SCORES)):
+        raise UserError(
+            f"reward.options.path: the head of {folder.checkpoint} has {output_dim} outputs; "
+            f"VideoAlign reads 1 per reward token or 1 per score ({len(SCORES)})"
+        )
+    with init_empty_weights():  # no random init of two billion weights about to be replaced
+        model = VideoRewardNet(config, output_dim, token_ids)
+    state = {key: value.to(dtype) for key, value in state.items()}
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as error:  # missing, unexpected or mis-shaped weights
+        reason = " ".join(str(error).split())[:LOAD_ERROR_CHARACTERS]
+        raise UserError(
+            f"reward.options.path: {folder.checkpoint} does not fit the base model "
+            f"{base} ({reason})"
+        ) from error
+    return model
+
+
 class VideoAlign:
     """VideoReward's VQ, MQ, TA and Overall for a batch of videos in memory."""
 
@@ -180,9 +227,6 @@ class VideoAlign:
         device: str = "auto",
         dtype: str = "auto",
     ) -> None:
-        from accelerate import init_empty_weights
-        from transformers import Qwen2VLConfig
-
         if video_fps <= 0:
             raise UserError(f"reward.options.video_fps: {video_fps} must be > 0")
         folder = open_folder(path, checkpoint)
@@ -201,42 +245,7 @@ class VideoAlign:
         self.normalization = _normalization(folder) if normalize else {}
 
         self.tokenizer = _tokenizer(folder, base)
-        config = Qwen2VLConfig.from_pretrained(base)
-        if config.model_type != "qwen2_vl":
-            raise UserError(
-                f"reward.options.base_model: {base} holds a {config.model_type!r} model; "
-                "VideoReward is trained from Qwen2-VL (Qwen/Qwen2-VL-2B-Instruct)"
-            )
-        state = reward_state_dict(folder, base)
-        for key in (EMBEDDINGS, HEAD):
-            if key not in state:
-                raise UserError(f"reward.options.path: {folder.checkpoint} has no weight {key}")
-        embeddings = state[EMBEDDINGS]
-        config.text_config.vocab_size = embeddings.shape[0]  # resized for the reward tokens
-        video_pad_id = self.tokenizer.convert_tokens_to_ids(VIDEO_PAD)
-        if video_pad_id != config.video_token_id:
-            raise UserError(
-                f"reward.options.base_model: the tokenizer's {VIDEO_PAD} is id {video_pad_id}, "
-                f"the model's video token {config.video_token_id}; they must be one model's"
-            )
-        token_ids = tuple(self.tokenizer.convert_tokens_to_ids(list(REWARD_TOKENS)))
-        output_dim = state[HEAD].shape[0]
-        if output_dim not in (1, len(SCORES)):
-            raise UserError(
-                f"reward.options.path: the head of {folder.checkpoint} has {output_dim} outputs; "
-                f"VideoAlign reads 1 per reward token or 1 per score ({len(SCORES)})"
-            )
-        with init_empty_weights():  # no random init of two billion weights about to be replaced
-            model = VideoRewardNet(config, output_dim, token_ids)
-        state = {key: value.to(self.dtype) for key, value in state.items()}
-        try:
-            model.load_state_dict(state, strict=True, assign=True)
-        except RuntimeError as error:  # missing, unexpected or mis-shaped weights
-            reason = " ".join(str(error).split())[:300]
-            raise UserError(
-                f"reward.options.path: {folder.checkpoint} does not fit the base model "
-                f"{base} ({reason})"
-            ) from error
+        model = _reward_model(folder, base, self.tokenizer, self.dtype)
         self.model = model.to(self.device).eval().requires_grad_(False)
 
     def inputs(self, videos: Tensor, prompts: list[str]) -> dict[str, Tensor]:
@@ -244,8 +253,8 @@ class VideoAlign:
         check_batch(videos, prompts)
         patches, grids, texts = [], [], []
         for video, prompt in zip(to_uint8(videos), prompts, strict=True):
-            video_patches_, grid = video_patches(video, self.video_fps, self.frames)
-            patches.append(video_patches_)
+            pixels, grid = video_patches(video, self.video_fps, self.frames)
+            patches.append(pixels)
             grids.append(grid)
             tokens = grid[0] * grid[1] * grid[2] // MERGE_SIZE**2
             texts.append(chat_text(question(prompt), tokens))
