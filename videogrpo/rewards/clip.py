@@ -13,6 +13,7 @@ first to the last, each frame against the video's prompt:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
@@ -35,10 +36,10 @@ def _features(output: object) -> Tensor:
     return output if isinstance(output, Tensor) else output.pooler_output
 
 
-class ClipFrameScorer:
+class ClipFrameScorer(ABC):
     """Shared part: load the folder, embed frames and prompts, average per-frame scores."""
 
-    component = ""
+    component: str  # the one component's name, set by each subclass
 
     def __init__(
         self,
@@ -96,8 +97,9 @@ class ClipFrameScorer:
         image_embeds = image_embeds.reshape(batch, -1, image_embeds.shape[-1])
         return torch.einsum("bkd,bd->bk", image_embeds, text_embeds).cpu()
 
+    @abstractmethod
     def frame_scores(self, cosines: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Per-frame scores from per-frame cosines, both (B, K)."""
 
     def __call__(self, videos: Tensor, prompts: list[str]) -> dict[str, Tensor]:
         return {self.component: self.frame_scores(self.cosines(videos, prompts)).mean(dim=1)}
