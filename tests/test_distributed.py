@@ -28,8 +28,11 @@ from videogrpo.distributed.checkpoint import (
     split_tensors,
     with_optimizer_state,
 )
+from videogrpo.distributed.layout import BatchLayout, check_batch_layout
+from videogrpo.distributed.parallel import fsdp_units
 from videogrpo.distributed.spawn import run_local
-from videogrpo.distributed.world import World
+from videogrpo.distributed.world import World, init_world
+from videogrpo.errors import UserError
 from videogrpo.runs.checkpoint import load_state, restore_rng_state, rng_state, save_state
 from videogrpo.runs.train import load_reward, load_shared_model
 from videogrpo.training.prompts import load_prompts
@@ -57,6 +60,9 @@ def full_weights(model) -> dict[str, torch.Tensor]:
 
 
 def make_trainer(world: World, model_dir, output_dir, preset: str, overrides) -> GRPOTrainer:
+    if BACKEND == "nccl":  # TF32 rounds at 1e-3, far above the float32 tolerances below
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     config = load_config(
         PRESETS_DIR / f"{preset}.yaml", tiny_settings(model_dir, output_dir) + overrides
     )
@@ -309,3 +315,46 @@ def test_a_checkpoint_of_one_world_size_resumes_on_another(
     assert step.norm() > 0
     tolerance = gradient_tolerance(uninterrupted["composite"], group_size=4)
     assert (resumed_step - step).norm() <= tolerance * step.norm()
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused_in_one_line():
+    check_batch_layout(prompts=2, group_size=4, minibatches=2, ranks=2)  # 4 per step: 2 + 2
+    with pytest.raises(UserError, match="4 samples per optimizer step.*split over 3 ranks"):
+        check_batch_layout(prompts=2, group_size=4, minibatches=2, ranks=3)
+
+
+def test_a_backend_the_machine_cannot_run_is_refused_before_any_process_group(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="nccl needs CUDA GPUs"):
+        init_world("nccl")
+    assert not torch.distributed.is_initialized()
+    monkeypatch.setenv("WORLD_SIZE", "1")  # without torchrun: the one-process world, no group
+    assert init_world("nccl") == World()
+    assert not torch.distributed.is_initialized()
+
+
+def test_fsdp_needs_a_backbone_that_names_its_blocks():
+    class Opaque:  # a VideoGenerator without fsdp_units
+        pass
+
+    with pytest.raises(UserError, match="does not say how to shard it.*strategy=ddp"):
+        fsdp_units(Opaque())
+
+
+def test_the_batch_layout_gives_each_rank_its_part_of_every_minibatch():
+    """8 samples in 2 minibatches of 4 over 2 ranks: rank 0 holds 0, 1, 4, 5; gathering the
+    ranks' rows in rank order and putting them back restores the batch."""
+    chunks = list(torch.arange(8).chunk(2))
+    layouts = [BatchLayout.split(chunks, World(rank=r, size=2)) for r in range(2)]
+    assert layouts[0].samples.tolist() == [0, 1, 4, 5]
+    assert layouts[1].samples.tolist() == [2, 3, 6, 7]
+    assert [c.tolist() for c in layouts[1].chunks] == [[0, 1], [2, 3]]
+    values = torch.arange(8.0) * 10
+    gathered = torch.cat([layout.local(values) for layout in layouts])
+    assert torch.equal(layouts[0].to_global(gathered), values)
+    assert [layout.kept(5) for layout in layouts] == [3, 2]  # of samples 0..4
+    trained = torch.zeros(8, 3, dtype=torch.bool)
+    trained[1, 0] = trained[6, 2] = trained[7, 2] = True
+    work = layouts[0].work(trained)
+    assert [(w.steps, w.pairs) for w in work] == [([0], 1), ([2], 2)]

@@ -16,6 +16,7 @@ whole) is sharded the same way on load.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ def load_sharded(directory: Path, state: Any, template: Any = None) -> Any:
 
     collect(state, template)
     if targets:
-        dcp.load(targets, storage_reader=reader, no_dist=not dist.is_initialized())
+        _load(targets, reader)
     return _fill(state, targets)
 
 
@@ -135,9 +136,17 @@ def load_rank_rng(directory: Path, rank: int, layout: dict[str, Any]) -> dict[st
     missing = [path for path in targets if path not in paths]
     for path in missing:  # e.g. saved without CUDA: keep this process's own stream
         targets.pop(path)
-    reader = HuggingFaceStorageReader(str(directory))
-    dcp.load(targets, storage_reader=reader, no_dist=not dist.is_initialized())
+    _load(targets, HuggingFaceStorageReader(str(directory)))
     return _fill(skeleton, {**tensors, **targets})
+
+
+def _load(targets: dict[str, Tensor], reader: HuggingFaceStorageReader) -> None:
+    if dist.is_initialized():
+        dcp.load(targets, storage_reader=reader)
+        return
+    with warnings.catch_warnings():  # one process reading a job's shards is what we mean
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(targets, storage_reader=reader, no_dist=True)
 
 
 def _storable(tensor: Tensor) -> Tensor:
