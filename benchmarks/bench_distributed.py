@@ -6,6 +6,8 @@ global batch: the speed-up of adding ranks (on a 2-core machine, 2 ranks of 1 th
 cores; one process of 2 threads is no fair baseline there, as torch's threads on tiny matmuls
 lose far more to a busy machine than separate processes do). The first iteration of each is a
 warm-up and is not timed; the ranks' time is rank 0's (ranks wait for each other every step).
+On a shared machine other jobs take cores too, so the run first times a fixed matmul load in one
+process and in as many processes as ranks at once: the most the ranks could gain right now.
 
     python benchmarks/bench_distributed.py [configs/sage.yaml] [--ranks 2] [--threads 1]
         [--iterations 3] [--set key=value ...]
@@ -28,6 +30,20 @@ from videogrpo.runs.train import load_reward, load_shared_model
 from videogrpo.training.prompts import load_prompts
 from videogrpo.training.trainer import GRPOTrainer
 
+PHASES = ("rollout", "reward", "reference", "update")  # the trainer's time/… metrics
+CALIBRATION_MATMULS = 300  # 512×512 float32 matmuls: about 2 s on one free core
+
+
+def matmul_seconds(world: World, out: str) -> None:
+    """A fixed CPU load, run by every rank at once: what the machine gives that many processes."""
+    matrix = torch.randn(512, 512)
+    world.barrier()
+    start = time.perf_counter()
+    for _ in range(CALIBRATION_MATMULS):
+        matrix @ matrix
+    seconds = time.perf_counter() - start
+    Path(out).with_suffix(f".{world.rank}").write_text(str(seconds))
+
 
 def samples_per_second(world: World, config_path: str, overrides: list[str], out: str) -> None:
     """Run `iterations` trainer steps; rank 0 writes the timed steps' samples per second."""
@@ -39,15 +55,17 @@ def samples_per_second(world: World, config_path: str, overrides: list[str], out
     )
     trainer.step()  # warm-up: allocations, FSDP2's lazy initialisation
     world.barrier()
+    phases = dict.fromkeys(PHASES, 0.0)
     start = time.perf_counter()
     for _ in range(config.run.iterations - 1):
-        trainer.step()
+        metrics = trainer.step().metrics
+        for phase in PHASES:
+            phases[phase] += metrics.get(f"time/{phase}", 0.0)
     seconds = time.perf_counter() - start
-    samples = (
-        (config.run.iterations - 1) * config.data.prompts_per_iteration * config.data.group_size
-    )
+    timed = config.run.iterations - 1
+    samples = timed * config.data.prompts_per_iteration * config.data.group_size
     if world.is_main:
-        Path(out).write_text(json.dumps({"samples_per_second": samples / seconds}))
+        Path(out).write_text(json.dumps({"samples_per_second": samples / seconds, **phases}))
 
 
 def main() -> None:
@@ -64,6 +82,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         one, many = Path(folder) / "one.json", Path(folder) / "many.json"
         torch.set_num_threads(args.threads)
+        matmul_seconds(World(), str(one))
+        run_local(args.ranks, matmul_seconds, str(many), threads=args.threads)
+        alone = float(one.with_suffix(".0").read_text())
+        together = max(float(many.with_suffix(f".{r}").read_text()) for r in range(args.ranks))
+        torch.set_num_threads(args.threads)
         samples_per_second(World(), args.config, overrides, str(one))
         run_local(
             args.ranks,
@@ -73,12 +96,19 @@ def main() -> None:
             str(many),
             threads=args.threads,
         )
-        single = json.loads(one.read_text())["samples_per_second"]
-        ranks = json.loads(many.read_text())["samples_per_second"]
+        single, ranks = json.loads(one.read_text()), json.loads(many.read_text())
     print(f"{args.config}, {args.iterations - 1} timed iterations, {args.threads} thread(s) each")
-    print(f"  1 process  {single:7.3f} samples/s")
-    print(f"  {args.ranks} ranks    {ranks:7.3f} samples/s")
-    print(f"  ratio      {ranks / single:7.2f}")
+    for name, result in (("1 process", single), (f"{args.ranks} ranks", ranks)):
+        seconds = ", ".join(f"{phase} {result[phase]:.1f}" for phase in PHASES)
+        print(f"  {name:<10} {result['samples_per_second']:7.3f} samples/s  (seconds: {seconds})")
+    ratio = ranks["samples_per_second"] / single["samples_per_second"]
+    ideal = args.ranks * alone / together
+    print(f"  ratio      {ratio:7.2f}")
+    print(
+        f"  the machine now: {args.ranks} processes at once run a fixed matmul load "
+        f"{together / alone:.2f}× slower each than one alone, so {ideal:.2f} is the most "
+        f"{args.ranks} ranks can give; they reach {ratio / ideal:.0%} of it"
+    )
 
 
 if __name__ == "__main__":
