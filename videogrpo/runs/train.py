@@ -54,7 +54,9 @@ class RunResult:
 
 def load_model(config: TrainConfig) -> VideoGenerator:
     """The configured backbone with its trainable part (LoRA or full) switched on."""
-    return enable_training(build_model(config.model, config.sampling), config.model)
+    return enable_training(
+        build_model(config.model, config.sampling, config.memory), config.model
+    )
 
 
 def load_for_inference(
