@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+if typing.TYPE_CHECKING:
+    from videogrpo.training.trainer import GRPOTrainer
+
 from videogrpo.embedded.tiny_wan import TinyWan, TinyWanConfig
 from videogrpo.embedded.world.grammar import tokenizer_vocabulary
 
@@ -89,6 +92,22 @@ def tiny_settings(model_dir: Path, output_dir: Path, iterations: int = 2) -> lis
         "eval.num_steps=2",
         "eval.videos=1",
     ]
+
+
+def make_trainer(model_dir, output_dir, preset: str = "sage", overrides=()) -> GRPOTrainer:
+    """A GRPOTrainer as run.train builds it (same seed before the LoRA init), without the disk."""
+    import torch
+
+    from videogrpo.config import load_config
+    from videogrpo.runs.train import load_model, load_reward
+    from videogrpo.training.prompts import load_prompts
+    from videogrpo.training.trainer import GRPOTrainer
+
+    settings = tiny_settings(model_dir, output_dir) + list(overrides)
+    config = load_config(PRESETS_DIR / f"{preset}.yaml", settings)
+    torch.manual_seed(config.run.seed)
+    model = load_model(config)
+    return GRPOTrainer(config, model, load_reward(config), load_prompts(config.data.prompts))
 
 
 def setting_keys(cls: type | None = None, prefix: str = "") -> list[str]:

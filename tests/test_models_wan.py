@@ -57,7 +57,7 @@ def test_ode_rollout_and_decode_equal_the_stock_wan_pipeline(tiny_pipeline_dir, 
     """Same noise, prompt and negative prompt. Latents: 1e-4 abs, as the tiny default's check
     (diffusers keeps σ in float32, we derive it from a float64 grid, and diffusers runs CFG as two
     forwards where we batch one). Decoded video of the pipeline's own latents: the same float32
-    ops on the same numbers, 1e-6."""
+    ops on the same numbers (ours mirrors the pipeline's arithmetic), 1e-6."""
     model = load(tiny_pipeline_dir)
     assert isinstance(model, VideoGenerator) and model.latent_shape == (4, 3, 4, 4)
     seeds, negative = [11, 12], "a square"

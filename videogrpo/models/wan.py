@@ -168,15 +168,16 @@ class WanGenerator(PipelineGenerator):
         return timesteps[:, None].expand(-1, tokens)
 
     def _latent_statistics(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """Wan's per-channel latents_mean and 1 / latents_std, as WanPipeline computes them."""
         view = (1, self.vae.config.z_dim, 1, 1, 1)
         mean = torch.tensor(self.vae.config.latents_mean).view(view)
-        std = torch.tensor(self.vae.config.latents_std).view(view)
-        return mean.to(like.device, like.dtype), std.to(like.device, like.dtype)
+        inverse_std = 1.0 / torch.tensor(self.vae.config.latents_std).view(view)
+        return mean.to(like.device, like.dtype), inverse_std.to(like.device, like.dtype)
 
     def decode_pixels(self, latents: Tensor) -> Tensor:
-        """latents × latents_std + latents_mean, then the VAE, as WanPipeline decodes."""
-        mean, std = self._latent_statistics(latents)
-        return self.vae.decode(latents * std + mean, return_dict=False)[0]
+        """latents / (1 / latents_std) + latents_mean, then the VAE: WanPipeline's arithmetic."""
+        mean, inverse_std = self._latent_statistics(latents)
+        return self.vae.decode(latents / inverse_std + mean, return_dict=False)[0]
 
     def encode_videos(self, videos: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """(B, F, H, W, 3) in [0, 1] → normalised latents (a posterior sample): data x₀."""
@@ -184,5 +185,5 @@ class WanGenerator(PipelineGenerator):
         pixels = (2 * videos.float() - 1).permute(0, 4, 1, 2, 3)
         pixels = pixels.to(self.vae.device, self.vae.dtype)
         latents = self.vae.encode(pixels).latent_dist.sample(generator)
-        mean, std = self._latent_statistics(latents)
-        return ((latents - mean) / std).float()
+        mean, inverse_std = self._latent_statistics(latents)
+        return ((latents - mean) * inverse_std).float()
