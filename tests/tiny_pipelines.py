@@ -20,9 +20,9 @@ from videogrpo.embedded.text import build_tiny_umt5, build_word_tokenizer
 WORDS = ["a", "red", "blue", "circle", "square", "moving", "left", "right", "slowly"]
 PROMPTS = ["a red circle moving left", "a blue square moving right slowly"]
 
-# Wan 2.2 T2V-A14B: two experts; the boundary σ 0.6 splits a 4-step shift-3 grid 2 + 2
-# (σ = 1, 0.9, 0.75, 0.5, 0).
-WAN22_BOUNDARY = 0.6
+# Wan 2.2 T2V-A14B: two experts; the boundary σ 0.8 splits a 4-step shift-3 grid 2 + 2
+# (σ = 1, 0.9 | 0.75, 0.5), and each expert has a trained (stochastic) step.
+WAN22_BOUNDARY = 0.8
 # 5 frames of 16×16 through a VAE 2× in time and 4× in space: latents 4 × 3 × 4 × 4.
 WAN_VIDEO = {"num_frames": 5, "height": 16, "width": 16, "max_sequence_length": 8}
 # TI2V-5B's own VAE (residual, 2×2 pixel patches: 8× in space here) under patch-(1, 2, 2)

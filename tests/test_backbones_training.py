@@ -1,0 +1,175 @@
+"""GRPO on every backbone family's tiny folder: each method preset trains, the first minibatch
+replays at ratio exactly 1, Wan 2.2's experts switch at the boundary in rollout and update
+alike, and the exported LoRA moves the stock pipeline exactly as it moves videogrpo's policy."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from backbone_cases import CASES, load_stock_pipeline, stock_sample
+from conftest import PRESET_IDS, PRESETS_DIR
+from test_trainer import ReplayLog
+from tiny_pipelines import PROMPTS, WAN22_BOUNDARY
+
+from videogrpo.core import schedule
+from videogrpo.models.lora import lora_weight_name
+from videogrpo.runs.train import apply_run_weights, train
+from videogrpo.training.rollout import initial_noise, sample_final
+from videogrpo.training.step import StepSettings
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+NUM_STEPS = 4
+
+
+class ThreeScores:
+    """A cheap reward with the presets' components, so every preset (the self-paced curriculum
+    included) runs unchanged: contrast, temporal smoothness, red minus blue."""
+
+    components = ("vq", "mq", "ta")
+
+    def __call__(self, videos, prompts):
+        steadiness = 1 - (videos[:, 1:] - videos[:, :-1]).abs().mean(dim=(1, 2, 3, 4))
+        return {
+            "vq": videos.std(dim=(1, 2, 3, 4)),
+            "mq": steadiness,
+            "ta": videos[..., 0].mean(dim=(1, 2, 3)) - videos[..., 2].mean(dim=(1, 2, 3)),
+        }
+
+
+@pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory):
+    built = {}
+
+    def folder(name):
+        if name not in built:
+            built[name] = CASES[name].build(tmp_path_factory.mktemp(name))
+        return built[name]
+
+    return folder
+
+
+def family_settings(name, folder, tmp_path, finetune="lora") -> list[str]:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    return [
+        f"model.type={CASES[name].model_type}",
+        f"model.path={folder}",
+        f"model.finetune={finetune}",
+        "model.lora_rank=4",
+        "model.lora_alpha=8",
+        f"reward.type={__name__}:ThreeScores",
+        f"run.output_dir={tmp_path}",
+        "run.name=run",
+        "run.iterations=2",
+        "run.videos_every=0",
+        f"sampling.num_steps={NUM_STEPS}",
+        f"sampling.shift={CASES[name].shift}",
+        "selection.window_size=2",
+        "selection.window_every=1",
+        f"data.prompts={prompts}",
+        "data.prompts_per_iteration=2",
+        "data.group_size=2",
+        f"eval.prompts={prompts}",
+        "eval.samples_per_prompt=1",
+        "eval.num_steps=2",
+        "eval.videos=1",
+        "optim.minibatches=2",
+    ]
+
+
+@pytest.mark.parametrize("preset", PRESET_IDS)
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_method_preset_trains_each_family_and_replays_its_first_minibatch_exactly(
+    family_dirs, tmp_path, monkeypatch, name, preset
+):
+    log = ReplayLog(monkeypatch)
+    settings = family_settings(name, family_dirs(name), tmp_path)
+    result = train(PRESETS_DIR / f"{preset}.yaml", settings, progress=False)
+    metrics = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
+    assert len(metrics) == 2 and result.summary["iterations"] == 2
+    for update in range(2):
+        first, *_ = log.minibatches(update)
+        for log_prob, old_log_prob in first:
+            assert torch.equal(log_prob, old_log_prob)
+    assert (result.run_dir / "lora" / lora_weight_name()).is_file()
+
+
+def test_wan22_experts_switch_at_the_boundary_in_rollout_and_update(
+    family_dirs, tmp_path, monkeypatch
+):
+    """Every transformer call, with or without gradients, goes to the expert its timestep
+    picks (high noise: t ≥ boundary·1000), and both experts are trained."""
+    calls = []
+    from videogrpo.models import wan
+
+    original = wan.WanGenerator.forward_for
+
+    def recording_forward_for(self, sigma, guidance_scale):
+        forward, scale = original(self, sigma, guidance_scale)
+        expert = self.expert_at(sigma)
+
+        def recorded(latents, timesteps, fields):
+            calls.append((expert, float(timesteps[0]), torch.is_grad_enabled()))
+            return forward(latents, timesteps, fields)
+
+        return recorded, scale
+
+    monkeypatch.setattr(wan.WanGenerator, "forward_for", recording_forward_for)
+    settings = family_settings("wan22_a14b", family_dirs("wan22_a14b"), tmp_path)
+    result = train(PRESETS_DIR / "sage.yaml", [*settings, "run.iterations=1"], progress=False)
+    boundary = WAN22_BOUNDARY * 1000
+    for expert, timestep, _ in calls:
+        assert expert == ("transformer" if timestep >= boundary else "transformer_2")
+    rollout = {(e, t) for e, t, grad in calls if not grad}
+    update = {(e, t) for e, t, grad in calls if grad}
+    assert update <= rollout and {e for e, _ in update} == {"transformer", "transformer_2"}
+    lora = result.run_dir / "lora"
+    assert (lora / lora_weight_name()).is_file()
+    assert (lora / lora_weight_name("transformer_2")).is_file()
+
+
+def load_trained_lora(name, pipe, lora_dir) -> None:
+    """What a user does with the exported folder, per family."""
+    if name == "hunyuan_video_15":  # HunyuanVideo15Pipeline has no load_lora_weights
+        pipe.transformer.load_lora_adapter(
+            str(lora_dir), prefix="transformer", weight_name=lora_weight_name()
+        )
+        return
+    pipe.load_lora_weights(str(lora_dir))
+    if name == "wan22_a14b":
+        pipe.load_lora_weights(
+            str(lora_dir),
+            weight_name=lora_weight_name("transformer_2"),
+            load_into_transformer_2=True,
+        )
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_exported_lora_moves_the_stock_pipeline_as_it_moves_the_policy(
+    family_dirs, tmp_path, name
+):
+    """After two iterations with a high learning rate, the stock pipeline with the exported
+    LoRA samples what the trained policy samples (1e-4, as the ODE equality), and not what the
+    base samples."""
+    case, folder = CASES[name], family_dirs(name)
+    settings = [*family_settings(name, folder, tmp_path), "optim.lr=3e-2"]
+    run_dir = train(PRESETS_DIR / "flowgrpo.yaml", settings, progress=False).run_dir
+    policy = case.load(folder)
+    apply_run_weights(policy, run_dir)
+    seeds = [5]
+    noise = initial_noise(policy, seeds)
+    steps = StepSettings("ode", 0.0, schedule.sigmas(NUM_STEPS, case.shift), 1.0)
+    ours = sample_final(
+        policy, steps, policy.encode(PROMPTS[:1]), seeds,
+        sde_mask=torch.zeros(NUM_STEPS, dtype=torch.bool),
+    )  # fmt: skip
+    pipe = load_stock_pipeline(case, folder)
+    kwargs = dict(num_steps=NUM_STEPS, guidance=1.0)
+    base = stock_sample(case, pipe, noise, PROMPTS[:1], **kwargs)
+    load_trained_lora(name, pipe, run_dir / "lora")
+    adapted = stock_sample(case, pipe, noise, PROMPTS[:1], **kwargs)
+    assert (adapted - base).abs().max() > 1e-3
+    torch.testing.assert_close(adapted, ours, atol=1e-4, rtol=0)
