@@ -30,9 +30,12 @@ class Case:
     video: dict[str, int]
     options: dict[str, Any] = field(default_factory=dict)
 
-    def load(self, path: Path, memory: dict | None = None, **sampling) -> VideoGenerator:
+    def load(
+        self, path: Path, memory: dict | None = None, options: dict | None = None, **sampling
+    ) -> VideoGenerator:
         config = TrainConfig()
         config.model.type, config.model.path = self.model_type, str(path)
+        config.model.options = dict(options or {})
         for key, value in sampling.items():
             setattr(config.sampling, key, value)
         for key, value in (memory or {}).items():

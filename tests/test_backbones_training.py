@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 from backbone_cases import CASES, load_stock_pipeline, stock_sample
-from conftest import PRESET_IDS, PRESETS_DIR
+from conftest import PRESET_IDS, PRESETS_DIR, TINY_PIPELINE_VIDEO
 from test_trainer import ReplayLog
 from tiny_pipelines import PROMPTS, WAN22_BOUNDARY
 
@@ -51,13 +51,17 @@ def family_dirs(tmp_path_factory):
     return folder
 
 
-def family_settings(name, folder, tmp_path, finetune="lora") -> list[str]:
+def family_settings(folder, tmp_path, name: str | None = None) -> list[str]:
+    """Tiny-run overrides; with a family `name`, also its model.type and its scheduler's shift
+    (a backbone preset names its own)."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
+    family = []
+    if name is not None:
+        family = [f"model.type={CASES[name].model_type}", f"sampling.shift={CASES[name].shift}"]
     return [
-        f"model.type={CASES[name].model_type}",
+        *family,
         f"model.path={folder}",
-        f"model.finetune={finetune}",
         "model.lora_rank=4",
         "model.lora_alpha=8",
         f"reward.type={__name__}:ThreeScores",
@@ -66,7 +70,6 @@ def family_settings(name, folder, tmp_path, finetune="lora") -> list[str]:
         "run.iterations=2",
         "run.videos_every=0",
         f"sampling.num_steps={NUM_STEPS}",
-        f"sampling.shift={CASES[name].shift}",
         "selection.window_size=2",
         "selection.window_every=1",
         f"data.prompts={prompts}",
@@ -86,7 +89,7 @@ def test_every_method_preset_trains_each_family_and_replays_its_first_minibatch_
     family_dirs, tmp_path, monkeypatch, name, preset
 ):
     log = ReplayLog(monkeypatch)
-    settings = family_settings(name, family_dirs(name), tmp_path)
+    settings = family_settings(family_dirs(name), tmp_path, name)
     result = train(PRESETS_DIR / f"{preset}.yaml", settings, progress=False)
     metrics = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
     assert len(metrics) == 2 and result.summary["iterations"] == 2
@@ -118,7 +121,7 @@ def test_wan22_experts_switch_at_the_boundary_in_rollout_and_update(
         return recorded, scale
 
     monkeypatch.setattr(wan.WanGenerator, "forward_for", recording_forward_for)
-    settings = family_settings("wan22_a14b", family_dirs("wan22_a14b"), tmp_path)
+    settings = family_settings(family_dirs("wan22_a14b"), tmp_path, "wan22_a14b")
     result = train(PRESETS_DIR / "sage.yaml", [*settings, "run.iterations=1"], progress=False)
     boundary = WAN22_BOUNDARY * 1000
     for expert, timestep, _ in calls:
@@ -155,7 +158,7 @@ def test_the_exported_lora_moves_the_stock_pipeline_as_it_moves_the_policy(
     LoRA samples what the trained policy samples (1e-4, as the ODE equality), and not what the
     base samples."""
     case, folder = CASES[name], family_dirs(name)
-    settings = [*family_settings(name, folder, tmp_path), "optim.lr=3e-2"]
+    settings = [*family_settings(folder, tmp_path, name), "optim.lr=3e-2"]
     run_dir = train(PRESETS_DIR / "flowgrpo.yaml", settings, progress=False).run_dir
     policy = case.load(folder)
     apply_run_weights(policy, run_dir)
@@ -173,3 +176,44 @@ def test_the_exported_lora_moves_the_stock_pipeline_as_it_moves_the_policy(
     adapted = stock_sample(case, pipe, noise, PROMPTS[:1], **kwargs)
     assert (adapted - base).abs().max() > 1e-3
     torch.testing.assert_close(adapted, ours, atol=1e-4, rtol=0)
+
+
+# Which tiny folder each backbone preset runs on, and the overrides that shrink it to seconds.
+PRESET_FAMILIES = {
+    "wan21_1.3b_sage": "wan21",
+    "wan21_1.3b_flowgrpo": "wan21",
+    "wan21_1.3b_dancegrpo": "wan21",
+    "hunyuanvideo15_sage": "hunyuan_video_15",
+}
+
+
+@pytest.mark.parametrize("preset", list(PRESET_FAMILIES))
+def test_every_backbone_preset_trains_two_iterations_on_a_tiny_folder_of_its_family(
+    family_dirs, tiny_pipeline_dir, tmp_path, monkeypatch, preset
+):
+    """The presets as written (bfloat16 transformer, gradient checkpointing, offload, a disk
+    text cache, LoRA) on the tiny folder of their family, shrunk to CPU size: two iterations,
+    the first minibatch of each replayed at ratio exactly 1."""
+    family = PRESET_FAMILIES[preset]
+    if family == "wan21":
+        folder, video = tiny_pipeline_dir, TINY_PIPELINE_VIDEO
+    else:
+        folder, video = family_dirs(family), CASES[family].video
+    log = ReplayLog(monkeypatch)
+    settings = family_settings(folder, tmp_path) + [
+        *(f"sampling.{key}={video[key]}" for key in ("num_frames", "height", "width")),
+        "data.group_size=4",
+        "data.train_extremes=1",
+        f"memory.text_cache_dir={tmp_path / 'text_cache'}",
+        "eval.max_prompts=2",
+        "reward.options={}",  # the preset's are VideoAlign's
+    ]
+    result = train(PRESETS_DIR / f"{preset}.yaml", settings, progress=False)
+    assert result.summary["iterations"] == 2
+    assert result.summary["config"]["model"]["dtype"] == "bfloat16"
+    for update in range(2):
+        first, *_ = log.minibatches(update)
+        for log_prob, old_log_prob in first:
+            assert log_prob.dtype == torch.float32 and torch.isfinite(log_prob).all()
+            assert torch.equal(log_prob, old_log_prob)
+    assert any((tmp_path / "text_cache").rglob("*.safetensors"))

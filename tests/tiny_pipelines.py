@@ -113,10 +113,13 @@ def build_wan22_ti2v(directory: Path, seed: int = 0) -> Path:
 
 # The real Qwen2.5-VL template puts a 108-token system message before the prompt, and
 # HunyuanVideo15Pipeline crops those 108 tokens off; this template emits 108 filler tokens
-# instead, so what survives the crop is the user prompt, as with the real tokenizer.
+# instead, so what survives the crop is the user prompt and the generation prompt, as with the
+# real tokenizer (which is why even the empty negative prompt keeps a real token: an all-masked
+# text stream would make the token refiner's masked mean 0/0).
 HUNYUAN_CHAT_TEMPLATE = (
     "{{ 'system ' * 108 }}{% for message in messages %}{% if message['role'] == 'user' %}"
     "{{ message['content'] }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %} assistant{% endif %}"
 )
 
 
@@ -125,7 +128,7 @@ def _qwen_style_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<|endoftext|>", "<unk>"]
-    vocabulary = {token: i for i, token in enumerate([*specials, "system", *WORDS])}
+    vocabulary = {token: i for i, token in enumerate([*specials, "system", "assistant", *WORDS])}
     tokenizer = Tokenizer(models.WordLevel(vocab=vocabulary, unk_token="<unk>"))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()

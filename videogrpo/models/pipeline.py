@@ -76,7 +76,8 @@ class PipelineGenerator(TrainableTransformer):
         self.height = int(settings["height"])
         self.width = int(settings["width"])
         self.training_device = spec.device
-        self.offload = spec.memory.offload and spec.device != OFFLOAD_DEVICE
+        # On a CPU-only machine the moves are no-ops, but the bookkeeping is the same.
+        self.offload = spec.memory.offload
         self._resident: set[str] = set()  # offloadable components now on the training device
         self.text_cache = TextCache(
             spec.memory.text_cache_dir,
