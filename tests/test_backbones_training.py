@@ -97,7 +97,10 @@ def test_every_method_preset_trains_each_family_and_replays_its_first_minibatch_
         first, *_ = log.minibatches(update)
         for log_prob, old_log_prob in first:
             assert torch.equal(log_prob, old_log_prob)
-    assert (result.run_dir / "lora" / lora_weight_name()).is_file()
+    if result.summary["config"]["model"]["finetune"] == "lora":
+        assert (result.run_dir / "lora" / lora_weight_name()).is_file()
+    else:  # sage and selfpaced fine-tune every weight: the whole folder is exported
+        assert (result.run_dir / "model" / "model_index.json").is_file()
 
 
 def test_wan22_experts_switch_at_the_boundary_in_rollout_and_update(
@@ -122,7 +125,8 @@ def test_wan22_experts_switch_at_the_boundary_in_rollout_and_update(
 
     monkeypatch.setattr(wan.WanGenerator, "forward_for", recording_forward_for)
     settings = family_settings(family_dirs("wan22_a14b"), tmp_path, "wan22_a14b")
-    result = train(PRESETS_DIR / "sage.yaml", [*settings, "run.iterations=1"], progress=False)
+    settings += ["run.iterations=1", "model.finetune=lora"]
+    result = train(PRESETS_DIR / "sage.yaml", settings, progress=False)
     boundary = WAN22_BOUNDARY * 1000
     for expert, timestep, _ in calls:
         assert expert == ("transformer" if timestep >= boundary else "transformer_2")

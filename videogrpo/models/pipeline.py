@@ -110,14 +110,7 @@ class PipelineGenerator(TrainableTransformer):
         path = Path(spec.path)
         index = read_pipeline_folder(path, (cls.pipeline_class.__name__,), cls.required_components)
         allowed_in_file = (*cls.video_defaults, *cls.option_defaults, *cls.extra_folder_keys())
-        settings = {
-            **cls.video_defaults,
-            **cls.option_defaults,
-            **read_folder_defaults(path, allowed_in_file),
-        }
-        settings.update(spec.options)
-        asked = {"num_frames": spec.num_frames, "height": spec.height, "width": spec.width}
-        settings.update({key: value for key, value in asked.items() if value is not None})
+        folder_settings = read_folder_defaults(path, allowed_in_file)
         dtypes = {"default": torch.float32, "vae": spec.vae_dtype}
         for name, entry in index.items():
             if isinstance(entry, list) and name.startswith("transformer"):
@@ -125,6 +118,18 @@ class PipelineGenerator(TrainableTransformer):
             elif isinstance(entry, list) and name.startswith("text_encoder"):
                 dtypes[name] = spec.text_encoder_dtype
         pipeline = load_pipeline(cls.pipeline_class, path, dtypes)
+        return cls.from_pipeline(pipeline, spec, folder_settings)
+
+    @classmethod
+    def from_pipeline(
+        cls, pipeline: Any, spec: ModelSpec, folder_settings: Mapping[str, Any] | None = None
+    ) -> PipelineGenerator:
+        """An already built pipeline (its modules in the dtypes they have) as this backbone, with
+        the spec's options, video size and memory switches applied as `from_spec` applies them."""
+        settings = {**cls.video_defaults, **cls.option_defaults, **(folder_settings or {})}
+        settings.update(spec.options)
+        asked = {"num_frames": spec.num_frames, "height": spec.height, "width": spec.width}
+        settings.update({key: value for key, value in asked.items() if value is not None})
         model = cls(pipeline, cls.resolve_settings(pipeline, settings), spec)
         model.check_video_size()
         model.place_components()
