@@ -1,6 +1,7 @@
 """Thin command-line front end: each subcommand lives in `videogrpo.commands.<name>`.
 
-A command module exposes `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
+A command module exposes `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`;
+`serve-reward` lives in `serve_reward`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from videogrpo import __version__
 from videogrpo.errors import UserError
 
-COMMANDS: tuple[str, ...] = ("train", "sample", "eval", "pretrain", "report")
+COMMANDS: tuple[str, ...] = ("train", "sample", "eval", "pretrain", "report", "serve-reward")
 
 EXIT_USAGE = 2
 
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"videogrpo {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        module = importlib.import_module(f"videogrpo.commands.{name}")
+        module = importlib.import_module(f"videogrpo.commands.{name.replace('-', '_')}")
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
         sub.set_defaults(handler=module.run)

@@ -146,7 +146,9 @@ class DataConfig:
 @dataclass
 class RewardConfig:
     type: str = setting(
-        "world", "Reward model: a built-in name (world) or your own as MODULE:CLASS."
+        "world",
+        "Reward model: world, videoalign, clipscore, pickscore, python or http (docs/rewards.md), "
+        "or your own as MODULE:CLASS.",
     )
     options: dict[str, Any] = setting({}, "Keyword arguments of the reward's constructor.")
     batch_size: int = setting(0, "Videos per call of the reward (0: as many as decoded).", ge=0)

@@ -36,12 +36,14 @@ from videogrpo.runs.evaluation import EvalResult, evaluate
 from videogrpo.training.build import eval_step_settings
 from videogrpo.training.prompts import load_prompts
 from videogrpo.runs.tracking import MetricsLog
-from videogrpo.training.trainer import GRPOTrainer, IterationResult
+from videogrpo.training.trainer import GRPOTrainer, IterationResult, RewardsFailed
 from videogrpo.runs.video_io import write_gif
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DIR = "checkpoint"
 ROLLOUT_GROUPS_SAVED = 2  # groups of each saved rollout written as GIFs (auditing, not stats)
+# A stopped run's message names the first reasons its reward calls failed, each cut short.
+REASONS_SHOWN, REASON_CHARACTERS = 2, 200
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +113,23 @@ def load_reward(config: TrainConfig) -> RewardModel:
                 f"gives {list(reward.components)}"
             )
     return reward
+
+
+def rewards_failed_message(run_dir: Path, failure: RewardsFailed) -> str:
+    """One line: what failed, what was kept, how to go on."""
+    shown = [reason[:REASON_CHARACTERS] for reason in failure.reasons[:REASONS_SHOWN]]
+    reasons = "; ".join(shown) or "every score was NaN"
+    return (
+        f"iteration {failure.iteration}: the reward failed for every sample ({reasons}); the run "
+        f"stopped with iteration {failure.iteration - 1} checkpointed; fix the reward and "
+        f"continue with: videogrpo train --resume {run_dir}"
+    )
+
+
+def failed_samples(run_dir: Path) -> int:
+    """Samples of the whole run (all of metrics.jsonl, across resumes) whose reward failed."""
+    rows = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return int(sum(json.loads(row).get("reward/failed_samples", 0) for row in rows if row))
 
 
 def check_prompts(reward: RewardModel, prompts: list[str]) -> None:
@@ -288,7 +307,14 @@ def train(
     while trainer.iteration < config.run.iterations:
         iteration = trainer.iteration + 1
         videos_due = bool(config.run.videos_every) and iteration % config.run.videos_every == 0
-        result = trainer.step(keep_videos=ROLLOUT_GROUPS_SAVED * group_size if videos_due else 0)
+        rng_before = rng_state()
+        try:
+            result = trainer.step(keep_videos=ROLLOUT_GROUPS_SAVED * group_size if videos_due else 0)
+        except RewardsFailed as failure:  # keep every completed iteration, then stop
+            restore_rng_state(rng_before)
+            checkpoint()
+            metrics.close()
+            raise UserError(rewards_failed_message(run_dir, failure)) from failure
         metrics.write(iteration, result.metrics)
         if videos_due:
             save_rollout(run_dir, iteration, result, group_size)
@@ -319,6 +345,7 @@ def train(
         "iterations": trainer.iteration,
         "eval_before": eval_before,
         "eval_after": summary_of(after),
+        "reward_failed_samples": failed_samples(run_dir),
         "wall_seconds": round(time.monotonic() - started, 1),
     }
     write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
