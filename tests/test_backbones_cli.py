@@ -2,9 +2,9 @@
 
 The keys are exactly the check's (`videogrpo train configs/flowgrpo.yaml --set model.type=TYPE
 --set model.path=DIR --set sampling.height=H --set sampling.width=W --set sampling.num_frames=F
---set data.prompts=PROMPTS.txt --set reward.type=… --set run.iterations=1`); the reward is a
-class named as MODULE:CLASS, and four keys shrink the eval and the batch and place the run, so
-that each type takes seconds on a CPU.
+--set data.prompts=PROMPTS.txt --set reward.type=python --set
+reward.options.function=MODULE:FUNCTION --set run.iterations=1`); four more keys shrink the eval
+and the batch and place the run, so that each type takes seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -21,11 +21,9 @@ from videogrpo.cli import main
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class Redness:
-    components = ("redness",)
-
-    def __call__(self, videos, prompts):
-        return {"redness": videos[..., 0].mean(dim=(1, 2, 3)) - videos[..., 2].mean(dim=(1, 2, 3))}
+def redness(videos, prompts):
+    """The function the check names: mean red minus mean blue of each clip."""
+    return {"redness": videos[..., 0].mean(dim=(1, 2, 3)) - videos[..., 2].mean(dim=(1, 2, 3))}
 
 
 @pytest.mark.parametrize("model_type", ["wan", "hunyuan_video_15", "ltx"])
@@ -46,7 +44,8 @@ def test_the_external_check_command_trains_each_backbone_type(
         f"sampling.width={video['width']}",
         f"sampling.num_frames={video['num_frames']}",
         f"data.prompts={prompts}",
-        f"reward.type={__name__}:Redness",
+        "reward.type=python",
+        f"reward.options.function={__name__}:redness",
         "run.iterations=1",
         f"run.output_dir={tmp_path / 'runs'}",
         "eval.max_prompts=2",
