@@ -271,6 +271,14 @@ class MemoryConfig:
         "Where rollout states are kept between rollout and update.",
         choices=("model", "cpu"),
     )
+    micro_batch_size: int = setting(
+        0,
+        "Samples per transformer call in rollout, replay and update (0: every sample of a "
+        "minibatch that trains the step at once); the update accumulates gradients over them, "
+        "so only activation memory and speed change (with CFG the transformer sees twice as "
+        "many rows).",
+        ge=0,
+    )
     offload: bool = setting(
         True,
         "Keep text encoders and VAE on the CPU and move each to the training device only for "
