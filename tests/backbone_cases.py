@@ -31,11 +31,16 @@ class Case:
     options: dict[str, Any] = field(default_factory=dict)
 
     def load(
-        self, path: Path, memory: dict | None = None, options: dict | None = None, **sampling
+        self,
+        path: Path,
+        memory: dict | None = None,
+        options: dict | None = None,
+        dtype: str = "float32",
+        **sampling,
     ) -> VideoGenerator:
         config = TrainConfig()
         config.model.type, config.model.path = self.model_type, str(path)
-        config.model.options = dict(options or {})
+        config.model.options, config.model.dtype = dict(options or {}), dtype
         for key, value in sampling.items():
             setattr(config.sampling, key, value)
         for key, value in (memory or {}).items():

@@ -1,4 +1,5 @@
-"""Every backbone family on a tiny random folder: equal to its stock diffusers pipeline."""
+"""Every backbone family on a tiny random folder — Wan 2.2 A14B (two experts), Wan 2.2 TI2V,
+HunyuanVideo 1.5, LTX-Video — samples and decodes what its stock diffusers pipeline does."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ def family_dirs(tmp_path_factory):
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
 @pytest.mark.parametrize("name", list(CASES))
 def test_ode_rollout_and_decode_equal_the_stock_pipeline(family_dirs, name, guidance):
+    """Same noise, prompts and negative prompt, videogrpo's σ grid. Latents: 1e-4 abs, as the Wan
+    2.1 check (diffusers keeps σ in float32 where we derive it from a float64 grid, runs CFG as
+    two forwards where we batch one, and its padding rows hold what the text encoder put there
+    where ours hold masked zeros; measured ≤ 1.1e-6). Video decoded from the pipeline's own
+    latents: the same float32 ops on the same numbers, 1e-6."""
     case = CASES[name]
     folder = family_dirs(name)
     model = case.load(folder)
@@ -59,3 +65,31 @@ def test_ode_rollout_and_decode_equal_the_stock_pipeline(family_dirs, name, guid
         negative=negative,
     )  # fmt: skip
     torch.testing.assert_close(model.decode(pipe_latents), video, atol=1e-6, rtol=0)
+
+
+def test_ltx_dynamic_shift_is_the_shift_ltxpipeline_applies_at_that_size(family_dirs):
+    """With use_dynamic_shifting (the released LTX scheduler), LTXPipeline's σ grid at this video
+    size is videogrpo's grid at sampling.shift = dynamic_shift() (1e-6: float32 scheduler)."""
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
+
+    model = CASES["ltx"].load(family_dirs("ltx"))
+    config = dict(use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05)
+    scheduler = FlowMatchEulerDiscreteScheduler(**config)
+    model.pipeline.scheduler = scheduler
+    _, frames, height, width = model.latent_shape
+    mu = calculate_shift(frames * height * width, 256, 4096, 0.95, 2.05)
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / NUM_STEPS, NUM_STEPS), mu=mu)
+    expected = schedule.sigmas(NUM_STEPS, model.dynamic_shift()).float()
+    torch.testing.assert_close(scheduler.sigmas, expected, atol=1e-6, rtol=0)
+    assert model.dynamic_shift() > 1.0
+
+
+def test_vae_slicing_and_tiling_switch_on_diffusers_own_modes(family_dirs):
+    plain = CASES["wan22_ti2v"].load(family_dirs("wan22_ti2v"))
+    both = CASES["wan22_ti2v"].load(
+        family_dirs("wan22_ti2v"), memory={"vae_slicing": True, "vae_tiling": True}
+    )
+    assert not plain.vae.use_slicing and not plain.vae.use_tiling
+    assert both.vae.use_slicing and both.vae.use_tiling

@@ -226,3 +226,47 @@ class Redness:
 
     def __call__(self, videos, prompts):
         return {"redness": videos[..., 0].mean(dim=(1, 2, 3)) - videos[..., 2].mean(dim=(1, 2, 3))}
+
+
+@pytest.mark.parametrize("name", ["ltx", "wan22_ti2v"])
+def test_a_prompt_longer_than_the_encoder_takes_is_truncated_as_diffusers_does(
+    family_dirs, name, caplog
+):
+    """The conditioning of a too-long prompt is the pipeline's own truncated embedding (trimmed
+    and re-padded with zeros where the pipeline leaves masked rows), and the run says so."""
+    model = CASES[name].load(family_dirs(name))
+    limit = model.settings["max_sequence_length"]
+    long_prompt = " ".join(["a red circle moving left slowly"] * limit)
+    with caplog.at_level("WARNING", logger="videogrpo.models.pipeline"):
+        ours = model.encode([long_prompt])
+    assert f"1 prompt(s) exceed the text encoder's {limit} tokens" in caplog.text
+    theirs = model.encode_fields([long_prompt])  # the pipeline's encode_prompt, uncached
+    assert ours["text"].shape[1] == limit
+    torch.testing.assert_close(ours["text"], theirs["text"], atol=0, rtol=0)
+
+
+def test_full_finetuning_of_a_bfloat16_transformer_keeps_float32_weights_under_autocast(
+    family_dirs,
+):
+    """AdamW steps of 1e-5 vanish below bfloat16's resolution, so the trained weights are float32
+    and the forward runs under bfloat16 autocast: close to the float32 model (bfloat16's 8-bit
+    mantissa: ~1e-2 relative), and the reference is the initial weights exactly."""
+    case, folder = CASES["wan22_ti2v"], family_dirs("wan22_ti2v")
+    float32 = case.load(folder)
+    model = case.load(folder, dtype="bfloat16")
+    model.enable_full_finetuning()
+    assert model.autocast_dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.trainable_parameters())
+    latents = torch.randn(2, *model.latent_shape, generator=torch.Generator().manual_seed(0))
+    conditioning = model.encode(PROMPTS)
+    sigma = torch.tensor([0.7])
+    mixed = model.velocity(latents, sigma, conditioning, 1.0)
+    exact = float32.velocity(latents, sigma, float32.encode(PROMPTS), 1.0)
+    assert mixed.dtype == torch.float32 and torch.isfinite(mixed).all()
+    assert (mixed - exact).abs().max() < 0.05 * exact.abs().max()
+    with torch.no_grad():
+        for param in model.trainable_parameters():
+            param.add_(0.01)
+    with model.reference_policy():
+        reference = model.velocity(latents, sigma, conditioning, 1.0)
+    torch.testing.assert_close(reference, mixed, atol=0, rtol=0)

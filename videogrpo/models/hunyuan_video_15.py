@@ -27,6 +27,7 @@ from diffusers.pipelines.hunyuan_video1_5.pipeline_hunyuan_video1_5 import forma
 from torch import Tensor
 
 from videogrpo.errors import UserError
+from videogrpo.models.base import ModelSpec
 from videogrpo.models.lora import HUNYUAN_VIDEO_LORA_TARGET_MODULES
 from videogrpo.models.pipeline import PipelineGenerator
 from videogrpo.models.pipeline_folder import check_video_size
@@ -64,7 +65,9 @@ class HunyuanVideo15Generator(PipelineGenerator):
     padded_fields = (PaddedField("text", "text_mask"), PaddedField("glyph", "glyph_mask"))
     text_setting_keys = ("max_sequence_length", "glyph_max_length")
 
-    def __init__(self, pipeline: HunyuanVideo15Pipeline, settings: Mapping[str, Any], spec) -> None:
+    def __init__(
+        self, pipeline: HunyuanVideo15Pipeline, settings: Mapping[str, Any], spec: ModelSpec
+    ) -> None:
         super().__init__(pipeline, settings, spec)
         pipeline.tokenizer_max_length = int(settings["max_sequence_length"])
         pipeline.tokenizer_2_max_length = int(settings["glyph_max_length"])

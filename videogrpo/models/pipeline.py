@@ -11,6 +11,7 @@ The pipeline object is kept for its modules and helpers; its `__call__` is never
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -313,8 +314,6 @@ class PipelineGenerator(TrainableTransformer):
 
     def save_pretrained(self, directory: str | Path) -> None:
         """The whole pipeline (with the fine-tuned transformer), loadable by the same type."""
-        import json
-
         self.pipeline.save_pretrained(directory)
         defaults = self.folder_defaults()
         (Path(directory) / DEFAULTS_FILE).write_text(json.dumps(defaults, indent=2) + "\n")

@@ -104,7 +104,8 @@ class TrainableTransformer(nn.Module):
         self._require_no_training_mode_yet()
         self.requires_grad_(False)
         for module in self.denoisers().values():
-            dtype = next(module.parameters()).dtype
+            # diffusers' `dtype` skips the modules it keeps in float32 (Wan's norms, RoPE)
+            dtype = getattr(module, "dtype", next(module.parameters()).dtype)
             if dtype in HALF_DTYPES:
                 self.autocast_dtype = dtype
                 module.float()

@@ -27,7 +27,7 @@ from diffusers import WanPipeline
 from torch import Tensor
 
 from videogrpo.errors import UserError
-from videogrpo.models.base import DEFAULT_TIMESTEP_SCALE, TransformerForward
+from videogrpo.models.base import DEFAULT_TIMESTEP_SCALE, ModelSpec, TransformerForward
 from videogrpo.models.pipeline import PipelineGenerator
 from videogrpo.models.pipeline_folder import check_video_size
 from videogrpo.models.text_cache import PaddedField
@@ -54,7 +54,7 @@ class WanGenerator(PipelineGenerator):
     }
     padded_fields = (PaddedField("text"),)  # WanPipeline zero-pads the embeddings itself
 
-    def __init__(self, pipeline: WanPipeline, settings: Mapping[str, Any], spec) -> None:
+    def __init__(self, pipeline: WanPipeline, settings: Mapping[str, Any], spec: ModelSpec) -> None:
         super().__init__(pipeline, settings, spec)
         self.transformer_2 = pipeline.transformer_2
         self.reject_unknown_words = bool(settings.get("reject_unknown_words", False))
