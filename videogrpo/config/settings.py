@@ -194,6 +194,11 @@ class RewardConfig:
         10, "calibrate: iterations whose rewards set lo/hi.", ge=1
     )
 
+    def composite_components(self) -> list[str]:
+        """What "composite" averages in eval and logs: the components the training weighs
+        (not, e.g., VideoAlign's Overall, which is their sum)."""
+        return list(self.weights) if self.curriculum == "static" else list(self.order)
+
 
 @dataclass
 class AdvantageConfig:

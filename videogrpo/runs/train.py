@@ -154,6 +154,7 @@ def run_eval(trainer: GRPOTrainer, eval_prompts: list[str], keep_videos: int = 0
         batch_size=config.eval.batch_size,
         decode_batch_size=config.memory.decode_batch_size,
         keep_videos=keep_videos,
+        composite_of=config.reward.composite_components(),
     )
 
 

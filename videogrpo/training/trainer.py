@@ -244,7 +244,8 @@ class GRPOTrainer:
             metrics[f"reward/{name}_std"] = float(values[values.isfinite()].std(correction=0))
             metrics[f"reward/{name}_group_std"] = advantage.mean_group_std(values, group_size)
         metrics["reward/weighted_mean"] = float(composite.nanmean())
-        equal = torch.stack(list(components.values())).mean(dim=0)
+        averaged = self.config.reward.composite_components()
+        equal = torch.stack([components[name] for name in averaged]).mean(dim=0)
         metrics["reward/composite_mean"] = float(equal.nanmean())
         metrics["reward/within_group_std"] = advantage.mean_group_std(equal, group_size)
         metrics["reward/zero_std_group_fraction"] = advantage.zero_std_group_fraction(
