@@ -166,10 +166,19 @@ CASES = {
             "reward.competence=ema",
         ],
     ),
-    # DanceGRPO: random steps per sample and only each group's best and worst trained, so a
-    # rank may have no rows for a step another trains (the padding forward); shared initial
-    # noise across a split group.
-    "ddp-dance": ("dancegrpo", ["model.finetune=lora", "data.group_size=4"]),
+    # DanceGRPO: random steps per sample and only each group's best and worst trained, one
+    # sample per model call, so ranks make different numbers of calls per step (the others
+    # pad) under FSDP2, whose every call gathers weights; shared initial noise across a split
+    # group.
+    "fsdp-dance": (
+        "dancegrpo",
+        [
+            "model.finetune=lora",
+            "distributed.strategy=fsdp",
+            "data.group_size=4",
+            "memory.micro_batch_size=1",
+        ],
+    ),
 }
 
 
@@ -205,7 +214,7 @@ def test_one_iteration_on_two_ranks_changes_the_weights_as_one_process(
     assert (two_delta - one_delta).norm() <= gradient_rtol * one_delta.norm()
     # λ moved by the same controller decisions; the curriculum's EMA competence as one process.
     assert two_state["lambda"] == one_state["lambda"]
-    if case == "ddp-dance":  # the padding forward ran (and changed nothing above)
+    if case == "fsdp-dance":  # the padding forward ran (and changed nothing above)
         assert two_state["padded_steps"] or other_state["padded_steps"]
     if case == "fsdp-full":
         one_competence = one_state["curriculum"]["competence"]["value"]
@@ -356,5 +365,8 @@ def test_the_batch_layout_gives_each_rank_its_part_of_every_minibatch():
     assert [layout.kept(5) for layout in layouts] == [3, 2]  # of samples 0..4
     trained = torch.zeros(8, 3, dtype=torch.bool)
     trained[1, 0] = trained[6, 2] = trained[7, 2] = True
-    work = layouts[0].work(trained)
-    assert [(w.steps, w.pairs) for w in work] == [([0], 1), ([2], 2)]
+    one_row_per_call = layouts[0].work(trained, calls=lambda rows: rows)
+    assert [(w.steps, w.calls, w.pairs) for w in one_row_per_call] == [
+        ([0], [1], 1),  # rank 0 trains step 0 with one row, rank 1 pads that call
+        ([2], [2], 2),  # rank 1 makes 2 calls for step 2, rank 0 pads both
+    ]

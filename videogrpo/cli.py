@@ -35,11 +35,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record (tests swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure_logging() -> None:
     """Notices from the library (e.g. a setting it had to interpret) as one stderr line each."""
     logger = logging.getLogger("videogrpo")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("videogrpo: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

@@ -9,6 +9,7 @@ never matters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +36,17 @@ class MinibatchWork:
     """What every rank must do for one minibatch, known on every rank from the global batch."""
 
     steps: list[int]  # steps trained by some sample of the minibatch, on any rank
+    calls: list[int]  # per step: the most model calls a rank makes for it (micro-batches)
     pairs: int  # (sample, step) pairs trained in the whole minibatch: the loss's denominator
+
+    @classmethod
+    def of(cls, *parts: Tensor, calls: Callable[[int], int]) -> MinibatchWork:
+        """From each rank's (rows, T) trained mask of the minibatch; `calls(n)` is how many
+        model calls n rows of a step take."""
+        trained = torch.cat(parts)
+        steps = torch.nonzero(trained.any(dim=0)).flatten().tolist()
+        counts = [max(calls(int(part[:, k].sum())) for part in parts) for k in steps]
+        return cls(steps, counts, int(trained.sum()))
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,10 @@ class BatchLayout:
         offsets = torch.tensor([0, *sizes]).cumsum(0).tolist()
         chunks = [torch.arange(offsets[i], offsets[i + 1]) for i in range(len(sizes))]
         return cls(rank_samples, world.rank, chunks, global_chunks)
+
+    @property
+    def size(self) -> int:
+        return len(self.rank_samples)
 
     @property
     def samples(self) -> Tensor:
@@ -80,13 +95,12 @@ class BatchLayout:
         order = torch.cat([samples[samples < count] for samples in self.rank_samples])
         return gathered[order.argsort()]
 
-    def work(self, trained: Tensor) -> list[MinibatchWork]:
-        """Per minibatch: the steps any rank trains and the number of trained pairs, from the
-        global (N, T) trained mask."""
+    def work(self, trained: Tensor, calls: Callable[[int], int]) -> list[MinibatchWork]:
+        """Per minibatch, from the global (N, T) trained mask: the steps any rank trains, the
+        most model calls a rank makes for each, and the number of trained pairs."""
         return [
-            MinibatchWork(
-                torch.nonzero(trained[chunk].any(dim=0)).flatten().tolist(),
-                int(trained[chunk].sum()),
+            MinibatchWork.of(
+                *(trained[part] for part in chunk.tensor_split(self.size)), calls=calls
             )
             for chunk in self.global_chunks
         ]

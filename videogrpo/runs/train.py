@@ -59,7 +59,9 @@ class RunResult:
 
 def load_model(config: TrainConfig) -> VideoGenerator:
     """The configured backbone with its trainable part (LoRA or full) switched on."""
-    return enable_training(build_model(config.model, config.sampling), config.model)
+    return enable_training(
+        build_model(config.model, config.sampling, config.memory), config.model
+    )
 
 
 def load_shared_model(config: TrainConfig, world: World) -> tuple[VideoGenerator, Parallel]:
@@ -173,6 +175,7 @@ def run_eval(trainer: GRPOTrainer, eval_prompts: list[str], keep_videos: int = 0
         batch_size=config.eval.batch_size,
         decode_batch_size=config.memory.decode_batch_size,
         keep_videos=keep_videos,
+        composite_of=config.reward.composite_components(),
     )
 
 
@@ -278,6 +281,10 @@ def train(
     model = load_model(config)
     reward = load_reward(config)
     check_prompts(reward, [*train_prompts, *eval_prompts])
+    cache_prompts = getattr(model, "cache_prompts", None)
+    if config.memory.text_cache_dir and cache_prompts is not None:
+        # Encode every prompt once, up front: afterwards the text encoder never runs again.
+        cache_prompts([*train_prompts, *eval_prompts, config.sampling.negative_prompt])
     trainer = GRPOTrainer(config, model, reward, train_prompts)
 
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -21,10 +21,11 @@ from videogrpo.distributed.parallel import Parallel
 from videogrpo.models.base import VideoGenerator
 from videogrpo.rewards.base import RewardModel
 from videogrpo.training import build
+from videogrpo.training.prompts import PromptOrder
 from videogrpo.training.replay import UpdateBatch, keep_extremes
 from videogrpo.training.rollout import sample_trajectories, shared_noise_seeds
 from videogrpo.training.scoring import decode_and_score
-from videogrpo.training.update import policy_update
+from videogrpo.training.update import model_calls, policy_update
 
 
 @dataclass
@@ -86,6 +87,7 @@ class GRPOTrainer:
         self.storage = torch.device("cpu") if config.memory.trajectory_device == "cpu" else None
         # Separate streams so that, e.g., changing the selection never changes the prompts.
         self.data_generator = torch.Generator().manual_seed(config.run.seed)
+        self.prompt_order = PromptOrder(config.data.order, len(self.prompts), config.run.seed)
         self.selection_generator = torch.Generator().manual_seed(config.run.seed + 1)
 
     # ------------------------------------------------------------------ one iteration
@@ -93,10 +95,8 @@ class GRPOTrainer:
     def next_prompts(self) -> tuple[list[str], list[int]]:
         """B prompts drawn from the training set, each repeated G times (groups contiguous)."""
         data = self.config.data
-        picks = torch.randint(
-            len(self.prompts), (data.prompts_per_iteration,), generator=self.data_generator
-        )
-        prompts = [self.prompts[i] for i in picks.tolist() for _ in range(data.group_size)]
+        picks = self.prompt_order.draw(data.prompts_per_iteration, self.data_generator)
+        prompts = [self.prompts[i] for i in picks for _ in range(data.group_size)]
         seeds = torch.randint(2**31 - 1, (len(prompts),), generator=self.data_generator).tolist()
         return prompts, seeds
 
@@ -249,7 +249,7 @@ class GRPOTrainer:
             self.kl,
             epochs=config.optim.inner_epochs,
             after_step=after_step,
-            work=layout.work(trained),
+            work=layout.work(trained, lambda rows: model_calls(settings, rows)),
             parallel=self.parallel,
         )
         update_seconds = time.perf_counter() - start
@@ -279,7 +279,8 @@ class GRPOTrainer:
             metrics[f"reward/{name}_std"] = float(values[values.isfinite()].std(correction=0))
             metrics[f"reward/{name}_group_std"] = advantage.mean_group_std(values, group_size)
         metrics["reward/weighted_mean"] = float(composite.nanmean())
-        equal = torch.stack(list(components.values())).mean(dim=0)
+        averaged = self.config.reward.composite_components()
+        equal = torch.stack([components[name] for name in averaged]).mean(dim=0)
         metrics["reward/composite_mean"] = float(equal.nanmean())
         metrics["reward/within_group_std"] = advantage.mean_group_std(equal, group_size)
         metrics["reward/zero_std_group_fraction"] = advantage.zero_std_group_fraction(
@@ -298,6 +299,7 @@ class GRPOTrainer:
             "curriculum": self.curriculum.state_dict(),
             "data_generator": self.data_generator.get_state(),
             "selection_generator": self.selection_generator.get_state(),
+            "prompt_order": self.prompt_order.state_dict(),
             **self.kl.state_dict(),
         }
 
@@ -309,4 +311,6 @@ class GRPOTrainer:
         self.curriculum.load_state_dict(state["curriculum"])
         self.data_generator.set_state(state["data_generator"])
         self.selection_generator.set_state(state["selection_generator"])
+        if "prompt_order" in state:  # checkpoints before data.order had only random draws
+            self.prompt_order.load_state_dict(state["prompt_order"])
         self.kl.load_state_dict(state)

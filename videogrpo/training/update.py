@@ -10,7 +10,7 @@ one forward graph is alive at a time.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -62,26 +62,25 @@ def policy_update(
     step_norm_sums: dict[int, float] = defaultdict(float)
     step_counts: dict[int, int] = defaultdict(int)
     total_pairs, optimizer_steps = 0, 0
-    work = work or local_work(batch)
+    work = work or local_work(batch, settings)
     model.train()
     for _epoch in range(epochs):
         for chunk_index, chunk in enumerate(batch.chunks):
-            steps, pairs = work[chunk_index].steps, work[chunk_index].pairs
+            pairs = work[chunk_index].pairs
             if pairs == 0:
                 continue
             reference_means = kl.reference_means(model, settings, batch, chunk_index, parallel)
             optimizer.zero_grad(set_to_none=True)
             coef = kl.coefficient()
             step_kl = 0.0
-            for position, k in enumerate(steps):
-                rows = chunk[batch.trained[chunk, k]]
-                n = rows.numel()
-                with parallel.gradient_sync(position == len(steps) - 1):
-                    if n == 0:  # only other ranks train step k: take part in its collectives
+            for k, rows, last in minibatch_calls(batch, chunk, work[chunk_index], settings):
+                with parallel.gradient_sync(last):  # DDP reduces on a minibatch's last backward
+                    if rows is None:  # only other ranks have rows for this call
                         padding_step(model, settings, k, batch, chunk)
                         if kl.clock == "sample_step" and kl.kind != "none":
                             pair_coefficients(kl, torch.zeros(0), parallel)
                         continue
+                    n = rows.numel()
                     step = policy_step(
                         model,
                         settings,
@@ -155,15 +154,31 @@ def policy_update(
     return metrics
 
 
-def local_work(batch: UpdateBatch) -> list[MinibatchWork]:
-    """One process: the steps and pairs each minibatch trains are its own."""
+def model_calls(settings: StepSettings, rows: int) -> int:
+    """How many transformer calls `rows` rows of a step take (`memory.micro_batch_size`)."""
+    return len(settings.model_batches(torch.arange(rows))) if rows else 0
+
+
+def local_work(batch: UpdateBatch, settings: StepSettings) -> list[MinibatchWork]:
+    """One process: the steps, calls and pairs of each minibatch are its own."""
     return [
-        MinibatchWork(
-            torch.nonzero(batch.trained[chunk].any(dim=0)).flatten().tolist(),
-            int(batch.trained[chunk].sum()),
-        )
+        MinibatchWork.of(batch.trained[chunk], calls=lambda rows: model_calls(settings, rows))
         for chunk in batch.chunks
     ]
+
+
+def minibatch_calls(
+    batch: UpdateBatch, chunk: Tensor, work: MinibatchWork, settings: StepSettings
+) -> Iterator[tuple[int, Tensor | None, bool]]:
+    """This rank's model calls for one minibatch, in order: (step k, rows, last). Every rank
+    makes as many calls per step as the rank with the most; rows is None for a call this rank
+    only pads. `last` is the minibatch's last call, whose backward reduces the gradients."""
+    for position, (k, calls) in enumerate(zip(work.steps, work.calls, strict=True)):
+        rows = chunk[batch.trained[chunk, k]]
+        batches = settings.model_batches(rows) if rows.numel() else []
+        for call in range(calls):
+            last = position == len(work.steps) - 1 and call == calls - 1
+            yield k, batches[call] if call < len(batches) else None, last
 
 
 def pair_coefficients(kl: KLReference, pair_kl: Tensor, parallel: Parallel) -> Tensor:
