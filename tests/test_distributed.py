@@ -18,23 +18,21 @@ from torch.distributed.tensor import DTensor
 
 import videogrpo.training.update as update_module
 from videogrpo.config import load_config
-from videogrpo.distributed.checkpoint import (
-    SHARDED_DIR,
-    load_rank_rng,
-    load_sharded,
-    rank_rng_tensors,
-    save_sharded,
-    shard_like,
-    split_tensors,
-    with_optimizer_state,
-)
+from videogrpo.distributed.checkpoint import SHARDED_DIR
 from videogrpo.distributed.layout import BatchLayout, check_batch_layout
 from videogrpo.distributed.parallel import fsdp_units
 from videogrpo.distributed.spawn import run_local
 from videogrpo.distributed.world import World, init_world
 from videogrpo.errors import UserError
-from videogrpo.runs.checkpoint import load_state, restore_rng_state, rng_state, save_state
-from videogrpo.runs.train import load_reward, load_shared_model
+from videogrpo.runs.checkpoint import (
+    restore_rng_state,
+    rng_state,
+    save_state,
+    temporary_folder,
+    write_atomically,
+)
+from videogrpo.runs.ranks import read_checkpoint, sharded_checkpoint_writer
+from videogrpo.runs.train import load_reward, load_shared_model, train
 from videogrpo.training.prompts import load_prompts
 from videogrpo.training.trainer import GRPOTrainer
 
@@ -223,24 +221,20 @@ def test_one_iteration_on_two_ranks_changes_the_weights_as_one_process(
 
 
 def checkpoint_then_continue(world: World, model_dir, output_dir, preset, overrides) -> None:
-    """Iteration 1, a checkpoint (DCP on several ranks, the one-process format alone), then
-    iteration 2 uninterrupted; writes the weights and rewards of iteration 2."""
+    """Iteration 1, a checkpoint as `videogrpo train` writes it (DCP on several ranks, the
+    one-process format alone), then iteration 2 uninterrupted."""
     trainer = make_trainer(world, model_dir, output_dir, preset, overrides)
     trainer.step()
     folder = Path(output_dir) / "checkpoint"
     state = {"trainer": trainer.state_dict(), "rng": rng_state()}
     if world.size == 1:
-        folder.mkdir()
-        save_state(folder, state)
+        write_atomically(folder, lambda tmp: save_state(tmp, state))
     else:
-        skeleton, tensors = split_tensors({"trainer": state["trainer"]})
-        tensors.update(rank_rng_tensors(world.rank, state["rng"]))
+        skeleton, write_tensors = sharded_checkpoint_writer(state, trainer.parallel)
         if world.is_main:
-            folder.mkdir()
-        world.barrier()
-        save_sharded(folder / SHARDED_DIR, tensors)
-        if world.is_main:
-            save_state(folder, skeleton)
+            write_atomically(folder, lambda tmp: (save_state(tmp, skeleton), write_tensors(tmp)))
+        else:
+            write_tensors(temporary_folder(folder))
         world.barrier()
     write_iteration(world, trainer, Path(output_dir) / "uninterrupted")
 
@@ -248,17 +242,9 @@ def checkpoint_then_continue(world: World, model_dir, output_dir, preset, overri
 def resume_then_continue(world: World, model_dir, output_dir, preset, overrides) -> None:
     """A fresh trainer loads the checkpoint of another world size and runs iteration 2."""
     trainer = make_trainer(world, model_dir, output_dir, preset, overrides)
-    folder = Path(output_dir) / "checkpoint"
-    state = load_state(folder)
-    with_optimizer_state(trainer)
-    template = {"trainer": trainer.state_dict()}
-    if (folder / SHARDED_DIR).is_dir():
-        state = load_sharded(folder / SHARDED_DIR, state, template)
-        rng = load_rank_rng(folder / SHARDED_DIR, world.rank, rng_state())
-    else:
-        state, rng = shard_like(state, template), state["rng"]
+    state = read_checkpoint(Path(output_dir) / "checkpoint", trainer, trainer.parallel)
     trainer.load_state_dict(state["trainer"])
-    restore_rng_state(rng)
+    restore_rng_state(state["rng"])
     write_iteration(world, trainer, Path(output_dir) / "resumed")
 
 
@@ -370,3 +356,49 @@ def test_the_batch_layout_gives_each_rank_its_part_of_every_minibatch():
         ([0], [1], 1),  # rank 0 trains step 0 with one row, rank 1 pads that call
         ([2], [2], 2),  # rank 1 makes 2 calls for step 2, rank 0 pads both
     ]
+
+
+def train_ranks(world: World, arguments: dict) -> None:
+    """`videogrpo train` as torchrun starts it on every rank."""
+    train(progress=False, **arguments)
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
+
+
+def test_a_run_moves_between_world_sizes_and_goes_on_as_if_uninterrupted(tmp_path, tiny_model_dir):
+    """`videogrpo train` on 2 ranks for iteration 1, resumed by one process for iteration 2 and
+    by 2 ranks again for iteration 3, against 3 uninterrupted iterations on 2 ranks (FSDP2 full
+    fine-tuning, staged curriculum): rank 0 alone writes, each checkpoint has the writers' format,
+    and the resumed iterations draw the same batches and reach the same rewards and λ."""
+    preset, overrides = CASES["fsdp-full"]
+    config_path = str(PRESETS_DIR / f"{preset}.yaml")
+    settings = [*tiny_settings(tiny_model_dir, tmp_path), *overrides, "run.videos_every=1"]
+    moved, straight = tmp_path / "moved", tmp_path / "straight"
+    first = [*settings, "run.name=moved", "run.iterations=1"]
+    run_ranks(2, train_ranks, {"config_path": config_path, "overrides": first})
+    assert len(list((moved / "checkpoint" / SHARDED_DIR).glob("*.safetensors"))) == 2
+    train(resume=moved, overrides=["run.iterations=2"], progress=False)
+    assert not (moved / "checkpoint" / SHARDED_DIR).exists()  # one process, its own format
+    run_ranks(2, train_ranks, {"resume": moved, "overrides": ["run.iterations=3"]})
+    straight_overrides = [*settings, "run.name=straight", "run.iterations=3"]
+    run_ranks(2, train_ranks, {"config_path": config_path, "overrides": straight_overrides})
+
+    moved_rows, straight_rows = metric_rows(moved), metric_rows(straight)
+    assert [row["iteration"] for row in moved_rows] == [1, 2, 3]  # each written once
+    assert moved_rows[0] == straight_rows[0]  # the same 2-rank iteration, bitwise
+    for resumed, uninterrupted in zip(moved_rows[1:], straight_rows[1:], strict=True):
+        assert resumed["optim/steps"] == uninterrupted["optim/steps"]
+        # The pairs' λ are the same; their float32 mean is summed in another order (24 pairs:
+        # at most 24 u = 1.4e-6 apart).
+        assert resumed["kl/coef"] == pytest.approx(uninterrupted["kl/coef"], rel=1.5e-6)
+        means = [
+            key for key in uninterrupted if key.startswith("reward/") and key.endswith("_mean")
+        ]
+        for key in means:
+            assert resumed[key] == pytest.approx(uninterrupted[key], rel=REWARD_RTOL, abs=1e-12)
+    summary = json.loads((moved / "summary.json").read_text())
+    assert summary["iterations"] == 3
+    assert len(list((moved / "rollouts").iterdir())) == 3

@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from videogrpo.config import TrainConfig, config_to_yaml, load_config
     from videogrpo.config.schema import describe
+    from videogrpo.distributed.world import launched_rank
     from videogrpo.errors import UserError
     from videogrpo.runs.train import train
 
@@ -38,9 +39,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.resume and args.config:
         raise UserError("give either a config to start a run or --resume RUN_DIR, not both")
-    if not args.resume:
+    main = launched_rank() == 0  # under torchrun, rank 0 alone prints
+    if not args.resume and main:
         print(config_to_yaml(load_config(args.config, args.overrides)), end="")
     result = train(args.config, args.overrides, resume=args.resume, progress=not args.quiet)
+    if not main:
+        return 0
     before, after = result.summary["eval_before"], result.summary["eval_after"]
     print("held-out reward (ODE, fixed seeds)   before -> after")
     for key in before:

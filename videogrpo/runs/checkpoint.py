@@ -92,10 +92,15 @@ def load_state(directory: Path) -> dict[str, Any]:
     return _unflatten(skeleton, tensors)
 
 
+def temporary_folder(directory: Path) -> Path:
+    """Where `write_atomically` writes `directory` before swapping it in."""
+    return directory.with_name(directory.name + ".tmp")
+
+
 def write_atomically(directory: Path, write: Callable[[Path], None]) -> None:
     """Run `write(tmp)` on a fresh temporary folder, then swap it into `directory`."""
     directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
+    tmp = temporary_folder(directory)
     old = directory.with_name(directory.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -2,7 +2,9 @@
 
 `train(config)` is what `videogrpo train` and the Python API call. Everything a run writes lives
 in its directory (layout in docs/report.md); checkpoints and summaries are written atomically, and
-nothing is created until the config, model and prompts have been validated.
+nothing is created until the config, model and prompts have been validated. Under torchrun every
+rank calls it; rank 0 alone writes the directory, and every rank writes its checkpoint shards
+(runs/ranks.py, docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import torch
 from tqdm import tqdm
 
 from videogrpo.runs.checkpoint import (
-    load_state,
     restore_rng_state,
     rng_state,
     save_state,
+    temporary_folder,
     write_atomically,
     write_text_atomically,
 )
@@ -29,13 +31,19 @@ from videogrpo.config import TrainConfig, config_to_yaml, load_config
 from videogrpo.config.schema import to_dict
 from videogrpo.distributed.layout import check_batch_layout
 from videogrpo.distributed.parallel import ONE_PROCESS, Parallel, parallelize
-from videogrpo.distributed.world import World
+from videogrpo.distributed.world import World, close_world, init_world
 from videogrpo.errors import UserError
 from videogrpo.models.base import VideoGenerator
 from videogrpo.models.registry import build_model, enable_training, resolve_device
 from videogrpo.rewards.base import RewardModel
 from videogrpo.rewards.registry import build_reward, effective_weights
 from videogrpo.runs.evaluation import EvalResult, evaluate
+from videogrpo.runs.ranks import (
+    export_model,
+    read_checkpoint,
+    sharded_checkpoint_writer,
+    trained_weights,
+)
 from videogrpo.training.build import eval_step_settings
 from videogrpo.training.prompts import load_prompts
 from videogrpo.runs.tracking import MetricsLog
@@ -78,7 +86,7 @@ def load_shared_model(config: TrainConfig, world: World) -> tuple[VideoGenerator
             f"model.device: {config.model.device!r} puts every rank on one device; use auto or "
             "cuda (each rank takes the GPU of its LOCAL_RANK)"
         )
-    model = build_model(config.model, config.sampling)
+    model = build_model(config.model, config.sampling, config.memory)
     return parallelize(model, config.model, config.distributed.strategy, world)
 
 
@@ -106,9 +114,10 @@ def read_run_config(run_dir: Path) -> TrainConfig:
 
 
 def apply_run_weights(model: VideoGenerator, run_dir: Path) -> None:
-    """Give a freshly loaded base model the latest trained weights of a run."""
+    """Give a freshly loaded base model the latest trained weights of a run (of any world
+    size)."""
     enable_training(model, read_run_config(run_dir).model)
-    model.load_trainable_state_dict(load_state(run_dir / CHECKPOINT_DIR)["trainer"]["weights"])
+    model.load_trainable_state_dict(trained_weights(run_dir / CHECKPOINT_DIR))
     model.eval()
 
 
@@ -161,6 +170,7 @@ def check_prompts(reward: RewardModel, prompts: list[str]) -> None:
 
 
 def run_eval(trainer: GRPOTrainer, eval_prompts: list[str], keep_videos: int = 0) -> EvalResult:
+    """Held-out eval; under torchrun sharded over the ranks, every rank gets the scores."""
     config = trainer.config
     return evaluate(
         trainer.model,
@@ -176,6 +186,7 @@ def run_eval(trainer: GRPOTrainer, eval_prompts: list[str], keep_videos: int = 0
         decode_batch_size=config.memory.decode_batch_size,
         keep_videos=keep_videos,
         composite_of=config.reward.composite_components(),
+        parallel=trainer.parallel,
     )
 
 
@@ -227,10 +238,15 @@ def default_run_name(config_path: str | None, seed: int) -> str:
     return f"{preset}-seed{seed}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def prepare_run(config_path: str | None, overrides: list[str]) -> tuple[TrainConfig, Path]:
-    """Validate everything, then create the run directory (never half-made on bad input)."""
+def prepare_run(
+    config_path: str | None, overrides: list[str], world: World | None = None
+) -> tuple[TrainConfig, Path]:
+    """Validate everything, then create the run directory (never half-made on bad input).
+    `world`: the ranks of a torchrun job, which all take rank 0's default run name."""
     config = load_config(config_path, overrides)
     name = config.run.name or default_run_name(config_path, config.run.seed)
+    if world is not None:
+        name = world.broadcast_text(name)
     run_dir = Path(config.run.output_dir) / name
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(
@@ -258,7 +274,11 @@ def train(
     resume: str | Path | None = None,
     progress: bool = True,
 ) -> RunResult:
-    """Run (or resume) GRPO training; returns the run directory and summary.json's content."""
+    """Run (or resume) GRPO training; returns the run directory and summary.json's content.
+
+    Under torchrun (WORLD_SIZE > 1) this process joins the job's process group first and leaves
+    it at the end; otherwise no process group is created.
+    """
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / CONFIG_FILE).is_file():
@@ -269,8 +289,22 @@ def train(
             raise UserError(f"cannot resume {run_dir}: it has no checkpoint yet; start a new run")
         config = load_config(run_dir / CONFIG_FILE, overrides)
         refuse_finished_run(run_dir, config.run.iterations)
+        world = init_world(config.distributed.backend)
     else:
-        config, run_dir = prepare_run(config_path, overrides or [])
+        config = load_config(config_path, overrides or [])
+        world = init_world(config.distributed.backend)
+    try:
+        if resume is None:
+            config, run_dir = prepare_run(config_path, overrides or [], world)
+        return _train(config, run_dir, resume is not None, progress, world)
+    finally:
+        close_world(world)
+
+
+def _train(
+    config: TrainConfig, run_dir: Path, resume: bool, progress: bool, world: World
+) -> RunResult:
+    main = world.is_main  # rank 0 writes the run directory
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     torch.manual_seed(config.run.seed)
@@ -278,28 +312,38 @@ def train(
     eval_prompts = load_prompts(config.eval.prompts)
     if config.eval.max_prompts:
         eval_prompts = eval_prompts[: config.eval.max_prompts]
-    model = load_model(config)
+    model, parallel = load_shared_model(config, world)
     reward = load_reward(config)
     check_prompts(reward, [*train_prompts, *eval_prompts])
     cache_prompts = getattr(model, "cache_prompts", None)
     if config.memory.text_cache_dir and cache_prompts is not None:
         # Encode every prompt once, up front: afterwards the text encoder never runs again.
-        cache_prompts([*train_prompts, *eval_prompts, config.sampling.negative_prompt])
-    trainer = GRPOTrainer(config, model, reward, train_prompts)
+        # Rank 0 writes the cache first; the other ranks then find every prompt in it.
+        every_prompt = [*train_prompts, *eval_prompts, config.sampling.negative_prompt]
+        if main:
+            cache_prompts(every_prompt)
+        world.barrier()
+        if not main:
+            cache_prompts(every_prompt)
+    trainer = GRPOTrainer(config, model, reward, train_prompts, parallel=parallel)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(run_dir / CONFIG_FILE, config_to_yaml(config))
-    metrics = MetricsLog(run_dir / "metrics.jsonl", run_dir / "tensorboard")
-    evals = MetricsLog(run_dir / "eval.jsonl")
+    world.barrier()  # every rank has checked the run directory before rank 0 creates it
+    metrics = evals = None
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(run_dir / CONFIG_FILE, config_to_yaml(config))
+        metrics = MetricsLog(run_dir / "metrics.jsonl", run_dir / "tensorboard")
+        evals = MetricsLog(run_dir / "eval.jsonl")
     wall_before = 0.0
     eval_before = None
-    if resume is not None:
-        state = load_state(run_dir / CHECKPOINT_DIR)
+    if resume:
+        state = read_checkpoint(run_dir / CHECKPOINT_DIR, trainer, parallel)
         trainer.load_state_dict(state["trainer"])
         restore_rng_state(state["rng"])
         wall_before, eval_before = state["wall_seconds"], state["eval_before"]
-        metrics.truncate_after(trainer.iteration)
-        evals.truncate_after(trainer.iteration)
+        if main:
+            metrics.truncate_after(trainer.iteration)
+            evals.truncate_after(trainer.iteration)
     started = time.monotonic() - wall_before
     group_size = config.data.group_size
 
@@ -310,11 +354,28 @@ def train(
             "wall_seconds": time.monotonic() - started,
             "eval_before": eval_before,
         }
-        write_atomically(run_dir / CHECKPOINT_DIR, lambda tmp: save_state(tmp, state))
+        if world.size == 1:
+            write_atomically(run_dir / CHECKPOINT_DIR, lambda tmp: save_state(tmp, state))
+            return
+        skeleton, write_tensors = sharded_checkpoint_writer(state, parallel)
+
+        def write(tmp: Path) -> None:
+            save_state(tmp, skeleton)
+            write_tensors(tmp)
+
+        if main:
+            write_atomically(run_dir / CHECKPOINT_DIR, write)
+        else:
+            write_tensors(temporary_folder(run_dir / CHECKPOINT_DIR))
+        world.barrier()  # in place before any rank goes on
+
+    def record_eval(iteration: int, result: EvalResult) -> None:
+        if main:
+            save_eval(run_dir, iteration, result, evals)
 
     if eval_before is None:
         before = run_eval(trainer, eval_prompts, config.eval.videos)
-        save_eval(run_dir, 0, before, evals)
+        record_eval(0, before)
         eval_before = summary_of(before)
         checkpoint()
 
@@ -324,7 +385,7 @@ def train(
         desc="GRPO",
         unit="it",
         dynamic_ncols=True,
-        disable=not progress,
+        disable=not (progress and main),
     )
     while trainer.iteration < config.run.iterations:
         iteration = trainer.iteration + 1
@@ -335,14 +396,16 @@ def train(
         except RewardsFailed as failure:  # keep every completed iteration, then stop
             restore_rng_state(rng_before)
             checkpoint()
-            metrics.close()
+            if main:
+                metrics.close()
             raise UserError(rewards_failed_message(run_dir, failure)) from failure
-        metrics.write(iteration, result.metrics)
-        if videos_due:
-            save_rollout(run_dir, iteration, result, group_size)
+        if main:
+            metrics.write(iteration, result.metrics)
+            if videos_due:
+                save_rollout(run_dir, iteration, result, group_size)
         eval_due = config.run.eval_every and iteration % config.run.eval_every == 0
         if eval_due and iteration < config.run.iterations:
-            save_eval(run_dir, iteration, run_eval(trainer, eval_prompts), evals)
+            record_eval(iteration, run_eval(trainer, eval_prompts))
         if iteration % config.run.checkpoint_every == 0 or iteration == config.run.iterations:
             checkpoint()
         m = result.metrics
@@ -356,23 +419,32 @@ def train(
     bar.close()
 
     after = run_eval(trainer, eval_prompts, config.eval.videos)
-    evals.truncate_after(trainer.iteration - 1)  # a final eval a crash left behind is redone
-    save_eval(run_dir, trainer.iteration, after, evals)
-    if config.model.finetune == "lora":
-        write_atomically(run_dir / "lora", trainer.model.save_lora)
+    if main:
+        evals.truncate_after(trainer.iteration - 1)  # a final eval a crash left behind is redone
+    record_eval(trainer.iteration, after)
+    if config.model.finetune == "lora":  # the adapter, as diffusers' load_lora_weights reads it
+        folder, save = "lora", "save_lora"
     else:  # the whole fine-tuned model, loadable by `videogrpo eval/sample --model RUN/model`
-        write_atomically(run_dir / "model", trainer.model.save_pretrained)
-    summary = {
-        "config": to_dict(config),
-        "iterations": trainer.iteration,
-        "eval_before": eval_before,
-        "eval_after": summary_of(after),
-        "reward_failed_samples": failed_samples(run_dir),
-        "wall_seconds": round(time.monotonic() - started, 1),
-    }
-    write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    metrics.close()
-    from videogrpo.runs.report import write_report
+        folder, save = "model", "save_pretrained"
+    export_model(
+        trainer.model,
+        config,
+        parallel,
+        lambda whole: write_atomically(run_dir / folder, getattr(whole, save)),
+    )
+    if main:
+        summary = {
+            "config": to_dict(config),
+            "iterations": trainer.iteration,
+            "eval_before": eval_before,
+            "eval_after": summary_of(after),
+            "reward_failed_samples": failed_samples(run_dir),
+            "wall_seconds": round(time.monotonic() - started, 1),
+        }
+        write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        metrics.close()
+        from videogrpo.runs.report import write_report
 
-    write_report(run_dir)
-    return RunResult(run_dir, summary)
+        write_report(run_dir)
+    world.barrier()  # the other ranks return rank 0's summary
+    return RunResult(run_dir, json.loads((run_dir / "summary.json").read_text()))
