@@ -351,10 +351,9 @@ def test_the_batch_layout_gives_each_rank_its_part_of_every_minibatch():
     assert [layout.kept(5) for layout in layouts] == [3, 2]  # of samples 0..4
     trained = torch.zeros(8, 3, dtype=torch.bool)
     trained[1, 0] = trained[6, 2] = trained[7, 2] = True
-    one_row_per_call = layouts[0].work(trained, calls=lambda rows: rows)
-    assert [(w.steps, w.calls, w.pairs) for w in one_row_per_call] == [
-        ([0], [1], 1),  # rank 0 trains step 0 with one row, rank 1 pads that call
-        ([2], [2], 2),  # rank 1 makes 2 calls for step 2, rank 0 pads both
+    assert [(w.steps, w.rows, w.pairs) for w in layouts[0].work(trained)] == [
+        ([0], [1], 1),  # rank 0 trains step 0 with one row; rank 1 pads
+        ([2], [2], 2),  # rank 1 trains step 2 with two rows; rank 0 pads
     ]
 
 

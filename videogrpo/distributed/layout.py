@@ -9,7 +9,6 @@ never matters.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -36,17 +35,16 @@ class MinibatchWork:
     """What every rank must do for one minibatch, known on every rank from the global batch."""
 
     steps: list[int]  # steps trained by some sample of the minibatch, on any rank
-    calls: list[int]  # per step: the most model calls a rank makes for it (micro-batches)
+    rows: list[int]  # per step: the most rows one rank trains it with (its model calls follow)
     pairs: int  # (sample, step) pairs trained in the whole minibatch: the loss's denominator
 
     @classmethod
-    def of(cls, *parts: Tensor, calls: Callable[[int], int]) -> MinibatchWork:
-        """From each rank's (rows, T) trained mask of the minibatch; `calls(n)` is how many
-        model calls n rows of a step take."""
+    def of(cls, *parts: Tensor) -> MinibatchWork:
+        """From each rank's (rows, T) trained mask of the minibatch."""
         trained = torch.cat(parts)
         steps = torch.nonzero(trained.any(dim=0)).flatten().tolist()
-        counts = [max(calls(int(part[:, k].sum())) for part in parts) for k in steps]
-        return cls(steps, counts, int(trained.sum()))
+        rows = [max(int(part[:, k].sum()) for part in parts) for k in steps]
+        return cls(steps, rows, int(trained.sum()))
 
 
 @dataclass(frozen=True)
@@ -95,12 +93,8 @@ class BatchLayout:
         order = torch.cat([samples[samples < count] for samples in self.rank_samples])
         return gathered[order.argsort()]
 
-    def work(self, trained: Tensor, calls: Callable[[int], int]) -> list[MinibatchWork]:
+    def work(self, trained: Tensor) -> list[MinibatchWork]:
         """Per minibatch, from the global (N, T) trained mask: the steps any rank trains, the
-        most model calls a rank makes for each, and the number of trained pairs."""
-        return [
-            MinibatchWork.of(
-                *(trained[part] for part in chunk.tensor_split(self.size)), calls=calls
-            )
-            for chunk in self.global_chunks
-        ]
+        most rows a rank trains each with, and the number of trained pairs."""
+        parts = [chunk.tensor_split(self.size) for chunk in self.global_chunks]
+        return [MinibatchWork.of(*(trained[p] for p in part)) for part in parts]

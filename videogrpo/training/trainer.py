@@ -25,7 +25,7 @@ from videogrpo.training.prompts import PromptOrder
 from videogrpo.training.replay import UpdateBatch, keep_extremes
 from videogrpo.training.rollout import sample_trajectories, shared_noise_seeds
 from videogrpo.training.scoring import decode_and_score
-from videogrpo.training.update import model_calls, policy_update
+from videogrpo.training.update import policy_update
 
 
 @dataclass
@@ -249,7 +249,7 @@ class GRPOTrainer:
             self.kl,
             epochs=config.optim.inner_epochs,
             after_step=after_step,
-            work=layout.work(trained, lambda rows: model_calls(settings, rows)),
+            work=layout.work(trained),
             parallel=self.parallel,
         )
         update_seconds = time.perf_counter() - start

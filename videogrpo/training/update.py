@@ -62,7 +62,7 @@ def policy_update(
     step_norm_sums: dict[int, float] = defaultdict(float)
     step_counts: dict[int, int] = defaultdict(int)
     total_pairs, optimizer_steps = 0, 0
-    work = work or local_work(batch, settings)
+    work = work or local_work(batch)
     model.train()
     for _epoch in range(epochs):
         for chunk_index, chunk in enumerate(batch.chunks):
@@ -154,28 +154,22 @@ def policy_update(
     return metrics
 
 
-def model_calls(settings: StepSettings, rows: int) -> int:
-    """How many transformer calls `rows` rows of a step take (`memory.micro_batch_size`)."""
-    return len(settings.model_batches(torch.arange(rows))) if rows else 0
-
-
-def local_work(batch: UpdateBatch, settings: StepSettings) -> list[MinibatchWork]:
-    """One process: the steps, calls and pairs of each minibatch are its own."""
-    return [
-        MinibatchWork.of(batch.trained[chunk], calls=lambda rows: model_calls(settings, rows))
-        for chunk in batch.chunks
-    ]
+def local_work(batch: UpdateBatch) -> list[MinibatchWork]:
+    """One process: the steps, rows and pairs of each minibatch are its own."""
+    return [MinibatchWork.of(batch.trained[chunk]) for chunk in batch.chunks]
 
 
 def minibatch_calls(
     batch: UpdateBatch, chunk: Tensor, work: MinibatchWork, settings: StepSettings
 ) -> Iterator[tuple[int, Tensor | None, bool]]:
     """This rank's model calls for one minibatch, in order: (step k, rows, last). Every rank
-    makes as many calls per step as the rank with the most; rows is None for a call this rank
-    only pads. `last` is the minibatch's last call, whose backward reduces the gradients."""
-    for position, (k, calls) in enumerate(zip(work.steps, work.calls, strict=True)):
+    makes as many calls per step as the rank with the most rows (`memory.micro_batch_size`);
+    rows is None for a call this rank only pads. `last` is the minibatch's last call, whose
+    backward reduces the gradients."""
+    for position, (k, most_rows) in enumerate(zip(work.steps, work.rows, strict=True)):
         rows = chunk[batch.trained[chunk, k]]
         batches = settings.model_batches(rows) if rows.numel() else []
+        calls = len(settings.model_batches(torch.arange(most_rows)))
         for call in range(calls):
             last = position == len(work.steps) - 1 and call == calls - 1
             yield k, batches[call] if call < len(batches) else None, last
