@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+if typing.TYPE_CHECKING:
+    from videogrpo.training.trainer import GRPOTrainer
+
 from videogrpo.embedded.tiny_wan import TinyWan, TinyWanConfig
 from videogrpo.embedded.world.grammar import tokenizer_vocabulary
 
@@ -91,6 +94,22 @@ def tiny_settings(model_dir: Path, output_dir: Path, iterations: int = 2) -> lis
     ]
 
 
+def make_trainer(model_dir, output_dir, preset: str = "sage", overrides=()) -> GRPOTrainer:
+    """A GRPOTrainer as run.train builds it (same seed before the LoRA init), without the disk."""
+    import torch
+
+    from videogrpo.config import load_config
+    from videogrpo.runs.train import load_model, load_reward
+    from videogrpo.training.prompts import load_prompts
+    from videogrpo.training.trainer import GRPOTrainer
+
+    settings = tiny_settings(model_dir, output_dir) + list(overrides)
+    config = load_config(PRESETS_DIR / f"{preset}.yaml", settings)
+    torch.manual_seed(config.run.seed)
+    model = load_model(config)
+    return GRPOTrainer(config, model, load_reward(config), load_prompts(config.data.prompts))
+
+
 def setting_keys(cls: type | None = None, prefix: str = "") -> list[str]:
     """Every dotted key of the training config tree (sections recursed, leaves listed)."""
     from videogrpo.config import TrainConfig
@@ -125,3 +144,68 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# A complete tiny WanPipeline folder: 5 frames of 16×16 → latents 4 × 3 × 4 × 4 (VAE 2× in time,
+# 4× in space), transformer patches (1, 2, 2), a word tokenizer padded to 8 tokens.
+TINY_PIPELINE_VIDEO = {"num_frames": 5, "height": 16, "width": 16, "max_sequence_length": 8}
+TINY_PIPELINE_WORDS = ["a", "red", "blue", "circle", "square", "moving", "left", "right", "slowly"]
+
+
+def build_tiny_wan_pipeline(directory: Path, seed: int = 0) -> Path:
+    """Save a random WanPipeline (stock diffusers classes only) plus its videogrpo.json."""
+    import json
+
+    import torch
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
+
+    from videogrpo.embedded.text import build_tiny_umt5, build_word_tokenizer
+
+    tokenizer = build_word_tokenizer(
+        TINY_PIPELINE_WORDS, TINY_PIPELINE_VIDEO["max_sequence_length"]
+    )
+    text_encoder = build_tiny_umt5(len(tokenizer), 16, 1, 2, 32, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKLWan(
+            base_dim=8,
+            z_dim=4,
+            dim_mult=[1, 2, 2],
+            num_res_blocks=1,
+            temperal_downsample=[False, True],
+            latents_mean=[0.1, -0.2, 0.3, 0.0],  # not 0/1: a decode that skips them is caught
+            latents_std=[1.5, 0.8, 1.2, 1.0],
+            scale_factor_temporal=2,
+            scale_factor_spatial=4,
+        )
+        transformer = WanTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=2,
+            attention_head_dim=12,
+            in_channels=4,
+            out_channels=4,
+            text_dim=16,
+            freq_dim=16,
+            ffn_dim=32,
+            num_layers=1,
+        )
+    pipeline = WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        transformer=transformer,
+    )
+    pipeline.save_pretrained(directory)
+    (directory / "videogrpo.json").write_text(json.dumps(TINY_PIPELINE_VIDEO))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_wan_pipeline(tmp_path_factory.mktemp("tiny_wan_pipeline"))

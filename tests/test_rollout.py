@@ -175,8 +175,10 @@ def test_shared_initial_noise_starts_a_group_together_and_explores_apart(tiny_mo
 
 
 def test_a_samples_video_does_not_depend_on_its_batch_neighbours(tiny_model_dir):
-    """ODE: sample 0 alone vs in a batch of 3 (other prompts and seeds). Tolerance 1e-5 abs:
-    a matmul over a different batch may round differently, nothing more."""
+    """ODE: sample 0 alone vs in a batch of 3 (other prompts and seeds). A matmul over a
+    different batch may round differently, nothing more: |x| ≤ 3 here (a float32 ulp is
+    ≤ 2.4e-7) and 4 steps ended 1.1e-6 apart on one Intel CPU, so 1e-5 abs leaves ~10× for
+    other CPU makes; a sample that saw its neighbours would be off by O(0.1)."""
     model = frozen(tiny_model_dir)
     prompt = HELDOUT_PROMPTS[1]
     alone = ode_final(model, [prompt], [5])

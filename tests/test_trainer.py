@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from conftest import PRESET_IDS, PRESETS, PRESETS_DIR, tiny_settings
+from conftest import PRESET_IDS, PRESETS, PRESETS_DIR, make_trainer, tiny_settings
 
 import videogrpo.training.trainer as trainer_module
 import videogrpo.training.update as update_module
@@ -23,24 +23,13 @@ from videogrpo.embedded.world.grammar import HELDOUT_PROMPTS
 from videogrpo.runs.checkpoint import load_state
 from videogrpo.runs.report.charts import chart_sections
 from videogrpo.runs.tracking import MetricsLog
-from videogrpo.runs.train import apply_run_weights, load_model, load_reward, train
-from videogrpo.training.prompts import load_prompts
+from videogrpo.runs.train import apply_run_weights, train
 from videogrpo.training.rollout import initial_noise
-from videogrpo.training.trainer import GRPOTrainer
 from videogrpo.training.trust_region import MovingAnchor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 EVAL_KEYS = {"vq", "mq", "ta", "composite"}
-
-
-def make_trainer(model_dir, output_dir, preset: str = "sage", overrides=()) -> GRPOTrainer:
-    """A GRPOTrainer as run.train builds it (same seed before the LoRA init), without the disk."""
-    settings = tiny_settings(model_dir, output_dir) + list(overrides)
-    config = load_config(PRESETS_DIR / f"{preset}.yaml", settings)
-    torch.manual_seed(config.run.seed)
-    model = load_model(config)
-    return GRPOTrainer(config, model, load_reward(config), load_prompts(config.data.prompts))
 
 
 class ReplayLog:
@@ -248,9 +237,9 @@ def test_per_component_bounds_from_config_normalise_each_component(tiny_model_di
 # ---------------------------------------------------------------------- moving anchor
 
 
-def test_moving_anchor_is_a_copy_and_refreshes_at_iteration_start(tiny_model_dir, tmp_path):
+def test_moving_anchor_is_a_copy_and_refreshes_after_every_second_step(tiny_model_dir, tmp_path):
     """anchor_every=2, one optimizer step per iteration: the anchor keeps the initial weights
-    while the policy moves (KL to it > 0), and becomes the policy at the start of iteration 3."""
+    while the policy moves (KL to it > 0), and becomes the policy right after step 2."""
     trainer = make_trainer(
         tiny_model_dir, tmp_path, "sage", ["kl.anchor_every=2", "optim.minibatches=1"]
     )
@@ -266,13 +255,13 @@ def test_moving_anchor_is_a_copy_and_refreshes_at_iteration_start(tiny_model_dir
     assert anchor_equals(initial), "an optimizer step changed the anchor: it aliases the policy"
     assert first["kl/pos"] == 0.0  # anchor = policy at that rollout, replayed in the same batch
 
-    second = trainer.step().metrics  # starts at 1 step < 2: no refresh
-    assert trainer.kl.anchor.refreshed_at == 0 and anchor_equals(initial)
+    second = trainer.step().metrics  # its update measured the old anchor, then took step 2
     assert second["kl/pos"] > 0.0  # the moved policy is measured against the old anchor
     after_two = trainer.model.trainable_state_dict()
-
-    third = trainer.step().metrics  # starts at 2 steps ≥ 2: refresh to the policy of that moment
     assert trainer.kl.anchor.refreshed_at == 2 and anchor_equals(after_two)
+
+    third = trainer.step().metrics  # step 3: 1 step since the refresh, none due
+    assert trainer.kl.anchor.refreshed_at == 2
     assert third["kl/pos"] == 0.0
     assert not anchor_equals(trainer.model.trainable_state_dict())
 

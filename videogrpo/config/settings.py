@@ -220,6 +220,12 @@ class KLConfig:
     anchor_every: int = setting(10, "Moving anchor refresh period N in optimizer steps.", ge=1)
     beta_pos: float = setting(1.0, "dual: weight of the moving-anchor KL.", ge=0)
     beta_vel: float = setting(0.1, "dual: weight of the step-wise KL.", ge=0)
+    normalizer: str = setting(
+        "step_variance",
+        "Gaussian KL denominator: the step variance Σ_k + 1e-6 (SAGE) or FlowGRPO's "
+        "std_dev_t² = η²σ/(1 − σ) without the step length (flow_grpo train_sd3.py).",
+        choices=("step_variance", "flowgrpo"),
+    )
     stepwise_estimator: str = setting(
         "k1",
         "Step-wise KL: k1 from log-probs or analytic from stored means.",
@@ -230,7 +236,15 @@ class KLConfig:
     coef_start: float = setting(1e-7, "two_stage/linear_ramp/adaptive: initial λ (λ_min).", ge=0)
     coef_max: float = setting(1e-5, "adaptive: upper bound λ_max.", ge=0)
     switch_steps: int = setting(100, "two_stage: switch step; ramps: ramp length.", ge=0)
-    target: float = setting(1e-3, "adaptive: KL target (separate from λ_max).", gt=0)
+    target: float = setting(
+        1e-5, "adaptive: KL target (separate from λ_max; official SAGE: 1e-5).", gt=0
+    )
+    controller_clock: str = setting(
+        "sample_step",
+        "When λ_t updates: at every trained (sample, step) pair with that pair's KL (official "
+        "SAGE), or once per optimizer step with the step's mean KL.",
+        choices=("sample_step", "optimizer_step"),
+    )
     window: int = setting(10, "adaptive: KL values averaged per decision.", ge=1)
 
 

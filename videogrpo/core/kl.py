@@ -56,6 +56,17 @@ def gaussian_kl(
     return squared.reshape(mean.shape[0], -1).mean(dim=1)
 
 
+def flowgrpo_variance(sigma_grid: Tensor, eta: float) -> Tensor:
+    """FlowGRPO's KL denominator per step (T,): std_dev_t² = η²·σ/(1 − σ̄), σ̄ = σ_1 at σ = 1.
+
+    flow_grpo (train_sd3.py) and SAGE's flow_grpo branch divide the squared mean difference by
+    this, not by the step variance Σ = std_dev_t²·Δσ, so their β values only transfer with it.
+    """
+    sigma = sigma_grid[:-1].double()
+    sigma_bar = torch.where(sigma >= 1.0, sigma_grid[1].double(), sigma)
+    return eta**2 * sigma / (1.0 - sigma_bar)
+
+
 def k1_kl(log_prob: Tensor, old_log_prob: Tensor) -> Tensor:
     """Step-wise KL_vel by the k1 estimator, log π_old − log π_θ per sample (B,); its mean over
     rollout samples estimates KL(π_old ‖ π_θ) (§7)."""

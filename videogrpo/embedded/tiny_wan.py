@@ -7,8 +7,7 @@ The autoencoder is the identity (latent = 2·video − 1), so there is no VAE to
 """
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
-from torch import Tensor, nn
+from torch import Tensor
 
 from videogrpo.embedded.clean_prediction import CleanPredictionWanTransformer
 from videogrpo.embedded.text import build_tiny_umt5, build_word_tokenizer
@@ -27,13 +26,8 @@ from videogrpo.models.base import (
     ModelSpec,
     guided_velocity,
 )
-from videogrpo.models.lora import (
-    WAN_LORA_TARGET_MODULES,
-    adapters_disabled,
-    add_lora,
-    has_lora,
-    save_lora_for_pipeline,
-)
+from videogrpo.models.lora import has_lora
+from videogrpo.models.trainable import TrainableTransformer
 
 CONFIG_FILE = "config.json"
 VOCABULARY_FILE = "vocabulary.json"
@@ -114,13 +108,15 @@ class TinyWanConfig:
         return (self.num_frames // pt) * (self.height // ph) * (self.width // pw)
 
 
-class TinyWan(nn.Module):
+class TinyWan(TrainableTransformer):
     """A `VideoGenerator`: tiny Wan transformer + tiny UMT5, pixel-space latents.
 
     A fresh instance has every weight trainable (pretraining trains the text encoder jointly);
     `from_pretrained` returns a frozen model in eval mode, ready for `enable_lora` or
     `enable_full_finetuning`.
     """
+
+    lora_pipeline_class = WanPipeline
 
     def __init__(self, config: TinyWanConfig, vocabulary: Sequence[str]) -> None:
         super().__init__()
@@ -150,9 +146,6 @@ class TinyWan(nn.Module):
             )
         # bf16 autocast is worth it for big backbones on GPU; the tiny model defaults to float32.
         self.autocast_dtype: torch.dtype | None = None
-        self._prompt_cache: dict[str, Tensor] = {}
-        self._reference_weights: dict[str, Tensor] | None = None
-        self._reference_active = False
 
     # ----------------------------------------------------------------- shapes and noise
 
@@ -214,10 +207,6 @@ class TinyWan(nn.Module):
                     f"its vocabulary: {', '.join(self.vocabulary)}"
                 )
 
-    def clear_prompt_cache(self) -> None:
-        """Call after changing text-encoder weights by hand (loading, editing) while frozen."""
-        self._prompt_cache.clear()
-
     # ----------------------------------------------------------------- velocity and decode
 
     def velocity(
@@ -259,90 +248,6 @@ class TinyWan(nn.Module):
     def encode_videos(self, videos: Tensor) -> Tensor:
         """(B, F, H, W, C) in [0, 1] → latents (B, C, F, H, W) in [−1, 1]: the data x₀ to learn."""
         return (2 * videos.float() - 1).permute(0, 4, 1, 2, 3).contiguous()
-
-    # ----------------------------------------------------------------- what trains
-
-    def enable_lora(
-        self,
-        rank: int,
-        alpha: float,
-        target_modules: list[str] | None = None,
-        dropout: float = 0.0,
-    ) -> None:
-        self._require_no_training_mode_yet()
-        self.requires_grad_(False)
-        add_lora(self.transformer, rank, alpha, target_modules or WAN_LORA_TARGET_MODULES, dropout)
-
-    def enable_full_finetuning(self) -> None:
-        """Train the transformer, keep its current weights as the reference; text stays frozen."""
-        self._require_no_training_mode_yet()
-        self.requires_grad_(False)
-        self.transformer.requires_grad_(True)
-        self._reference_weights = {
-            name: param.detach().clone() for name, param in self.transformer.named_parameters()
-        }
-
-    def _require_no_training_mode_yet(self) -> None:
-        if has_lora(self.transformer) or self._reference_weights is not None:
-            raise ValueError("enable_lora / enable_full_finetuning may be called once per model")
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [param for param in self.parameters() if param.requires_grad]
-
-    @contextmanager
-    def reference_policy(self) -> Iterator[None]:
-        """The fixed KL reference: LoRA disabled, or the weights kept by enable_full_finetuning.
-
-        Full fine-tuning swaps tensor storage in and out (no copy); without either mode the
-        model is its own reference.
-        """
-        if has_lora(self.transformer):
-            with adapters_disabled(self.transformer):
-                yield
-        elif self._reference_weights is not None and not self._reference_active:
-            self._swap_reference_weights()
-            self._reference_active = True
-            try:
-                yield
-            finally:
-                self._swap_reference_weights()
-                self._reference_active = False
-        else:
-            yield
-
-    def _swap_reference_weights(self) -> None:
-        assert self._reference_weights is not None
-        for name, param in self.transformer.named_parameters():
-            current = param.data
-            param.data = self._reference_weights[name]
-            self._reference_weights[name] = current
-
-    def trainable_state_dict(self) -> dict[str, Tensor]:
-        return {
-            name: param.detach().clone()
-            for name, param in self.named_parameters()
-            if param.requires_grad
-        }
-
-    def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
-        trainable = {name: p for name, p in self.named_parameters() if p.requires_grad}
-        if state.keys() != trainable.keys():
-            missing = sorted(trainable.keys() - state.keys())[:3]
-            unexpected = sorted(state.keys() - trainable.keys())[:3]
-            raise ValueError(
-                f"trainable state does not match the model: missing {missing}, "
-                f"unexpected {unexpected}"
-            )
-        with torch.no_grad():
-            for name, param in trainable.items():
-                param.copy_(state[name])
-        if any(name.startswith("text_encoder.") for name in trainable):
-            self.clear_prompt_cache()
-
-    def save_lora(self, directory: str | Path) -> None:
-        if not has_lora(self.transformer):
-            raise ValueError("save_lora needs a LoRA: call enable_lora first")
-        save_lora_for_pipeline(self.transformer, WanPipeline, Path(directory))
 
     # ----------------------------------------------------------------- files and diffusers
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 BUILTIN_MODELS = {
     "tiny_wan": "videogrpo.embedded.tiny_wan:load_tiny_wan",
+    "wan": "videogrpo.models.wan:WanGenerator.from_spec",
 }
 MODELS = Registry("model.type", BUILTIN_MODELS, "videogrpo.models")
 

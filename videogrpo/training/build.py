@@ -11,7 +11,7 @@ import torch
 from videogrpo.config import TrainConfig
 from videogrpo.core import equalizer, schedule
 from videogrpo.core.curriculum import RewardCurriculum, build_curriculum
-from videogrpo.core.kl import KLSchedule, make_kl_schedule
+from videogrpo.core.kl import KL_VARIANCE_EPS, KLSchedule, flowgrpo_variance, make_kl_schedule
 from videogrpo.core.selection import StepSelector, make_selection
 from videogrpo.errors import UserError
 from videogrpo.models.base import VideoGenerator
@@ -80,16 +80,23 @@ def kl_schedule(config: TrainConfig) -> KLSchedule:
 
 
 def kl_reference(config: TrainConfig, model: VideoGenerator, settings: StepSettings) -> KLReference:
+    """The KL term with the normaliser of the preset's reference implementation (§7)."""
     kl = config.kl
+    if kl.normalizer == "flowgrpo":
+        variances, eps = flowgrpo_variance(settings.sigmas, settings.eta).float(), 0.0
+    else:
+        variances, eps = settings.variances.float(), KL_VARIANCE_EPS
     return KLReference(
         kl.reference,
         model,
         kl_schedule(config),
-        settings.variances.float(),
+        variances,
         anchor_every=kl.anchor_every,
         beta_pos=kl.beta_pos,
         beta_vel=kl.beta_vel,
         stepwise_estimator=kl.stepwise_estimator,
+        eps=eps,
+        clock=kl.controller_clock,
     )
 
 

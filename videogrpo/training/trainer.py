@@ -1,4 +1,4 @@
-"""The GRPO loop: anchor refresh → rollout → reward → advantages → minibatched update → log.
+"""The GRPO loop: rollout → reward → advantages → minibatched update (anchor refresh) → log.
 
 ALGORITHMS §9. The pieces live elsewhere (core/ math, models/, rewards/, rollout, replay, update,
 trust_region, and build for the config → objects translation); this file only composes them and
@@ -115,7 +115,6 @@ class GRPOTrainer:
     def step(self, keep_videos: int = 0) -> IterationResult:
         """One GRPO iteration (ALGORITHMS §9); the first `keep_videos` rollout videos are kept."""
         config, settings, timings = self.config, self.settings, {}
-        self.kl.before_iteration(self.model, self.optimizer_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
 
@@ -175,7 +174,7 @@ class GRPOTrainer:
 
         def after_step(kl_value: float) -> None:
             self.optimizer_steps += 1
-            self.kl.after_optimizer_step(kl_value)
+            self.kl.after_optimizer_step(self.model, self.optimizer_steps, kl_value)
             if self.optimizer_steps == steps_before + 1:
                 faults.reached("mid_update", self.iteration + 1)
 

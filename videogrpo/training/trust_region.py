@@ -25,10 +25,13 @@ from videogrpo.training.rollout import Trajectories
 from videogrpo.training.step import StepSettings
 
 REFERENCE_KINDS = ("none", "fixed", "moving", "stepwise", "dual")
+# When λ_t moves: once per trained (sample, step) pair, with that pair's KL (official SAGE calls
+# its controller at every inner iteration), or once per optimizer step with the step's mean KL.
+CLOCKS = ("sample_step", "optimizer_step")
 
 
 class MovingAnchor:
-    """π_ref ← copy of π_θ every `every` optimizer steps."""
+    """π_ref ← copy of π_θ every `every` optimizer steps (checked after each step)."""
 
     def __init__(self, model: VideoGenerator, every: int) -> None:
         self.every = every
@@ -63,7 +66,8 @@ class MovingAnchor:
 class KLReference:
     """Everything the update needs to add λ_t·KL: reference means, per-step terms, λ_t.
 
-    `variances` (T,) are the per-step denominators Σ_k of the Gaussian KL.
+    `variances` (T,) are the per-step denominators of the Gaussian KL (the step variances Σ_k,
+    or FlowGRPO's std_dev_t²) and `eps` the floor added to them (SAGE: 1e-6; FlowGRPO: none).
     """
 
     def __init__(
@@ -77,6 +81,8 @@ class KLReference:
         beta_pos: float = kl_terms.DEFAULT_BETA_POSITION,
         beta_vel: float = kl_terms.DEFAULT_BETA_VELOCITY,
         stepwise_estimator: str = "k1",
+        eps: float = kl_terms.KL_VARIANCE_EPS,
+        clock: str = "optimizer_step",
     ) -> None:
         if kind not in REFERENCE_KINDS:
             raise ValueError(f"unknown KL reference {kind!r}; allowed: {list(REFERENCE_KINDS)}")
@@ -85,6 +91,10 @@ class KLReference:
         self.variances = variances
         self.beta_pos, self.beta_vel = beta_pos, beta_vel
         self.stepwise_estimator = stepwise_estimator
+        self.eps = eps
+        if clock not in CLOCKS:
+            raise ValueError(f"unknown KL controller clock {clock!r}; allowed: {list(CLOCKS)}")
+        self.clock = clock
         self.anchor = MovingAnchor(model, anchor_every) if kind in ("moving", "dual") else None
         self.seconds = 0.0  # time spent in reference forwards, for the time/reference metric
         self._means: Tensor | None = None
@@ -116,17 +126,30 @@ class KLReference:
 
     # ---------------------------------------------------------------- anchor and λ
 
-    def before_iteration(self, model: VideoGenerator, optimizer_steps: int) -> None:
-        """Refresh the moving anchor if N optimizer steps have passed (§9 step 1)."""
-        if self.anchor is not None:
-            self.anchor.maybe_refresh(model, optimizer_steps)
-
     def coefficient(self) -> float:
-        """λ_t for the coming optimizer step."""
+        """λ_t for the coming optimizer step (per-pair λ are `coefficients_for`'s)."""
         return self.schedule.value()
 
-    def after_optimizer_step(self, step_kl: float) -> None:
-        self.schedule.update(step_kl)
+    def coefficients_for(self, values: Tensor) -> Tensor:
+        """`sample_step` clock: λ for each (sample, step) pair's KL in `values`, in order — the
+        value before that pair's own controller update, as official SAGE reads λ before it
+        calls update(kl) at every inner iteration."""
+        lambdas = []
+        for value in values.tolist():
+            lambdas.append(self.schedule.value())
+            self.schedule.update(value)
+        return torch.tensor(lambdas, dtype=values.dtype, device=values.device)
+
+    def after_optimizer_step(
+        self, model: VideoGenerator, optimizer_steps: int, step_kl: float
+    ) -> None:
+        """Right after optimizer step N, 2N, …: the anchor becomes a copy of the policy, and
+        reference means computed against the old anchor are recomputed before their next use
+        (so the period is N whatever the minibatches × epochs per rollout)."""
+        if self.clock == "optimizer_step":
+            self.schedule.update(step_kl)
+        if self.anchor is not None and self.anchor.maybe_refresh(model, optimizer_steps):
+            self._fresh_chunks.clear()
 
     # ---------------------------------------------------------------- reference means
 
@@ -179,19 +202,19 @@ class KLReference:
         if self.compares_to_reference:
             assert reference_means is not None
             reference = reference_means[k, rows].to(mean.device)
-            terms["pos"] = kl_terms.gaussian_kl(mean, reference, variance)
+            terms["pos"] = kl_terms.gaussian_kl(mean, reference, variance, self.eps)
         if self.compares_to_rollout:
             if self.needs_rollout_means:
                 assert trajectories.means is not None
                 old_mean = trajectories.means[k, rows].to(mean.device)
-                terms["vel"] = kl_terms.gaussian_kl(mean, old_mean, variance)
+                terms["vel"] = kl_terms.gaussian_kl(mean, old_mean, variance, self.eps)
             else:
                 old = trajectories.log_probs[k, rows].to(log_prob.device)
                 terms["vel"] = kl_terms.k1_kl(log_prob, old)
         return terms
 
     def combine(self, terms: dict[str, Tensor]) -> Tensor | None:
-        """The KL of the loss from the terms' batch means (None without a KL)."""
+        """The KL of the loss from the terms (batch means or per-sample; None without a KL)."""
         if self.kind == "dual":
             return kl_terms.dual_kl(terms["pos"], terms["vel"], self.beta_pos, self.beta_vel)
         if "pos" in terms:

@@ -82,14 +82,19 @@ def policy_update(
                     loss_settings.clip_range,
                     weights=loss_settings.step_weights[k].expand(n),
                 )
-                terms = {
-                    name: value.mean()
-                    for name, value in kl.terms(
-                        k, rows, step.out.mean, step.out.log_prob, trajectories, reference_means
-                    ).items()
-                }
-                kl_value = kl.combine(terms)
-                total = loss if kl_value is None else loss + coef * kl_value
+                per_sample = kl.terms(
+                    k, rows, step.out.mean, step.out.log_prob, trajectories, reference_means
+                )
+                terms = {name: value.mean() for name, value in per_sample.items()}
+                if kl.clock == "sample_step" and per_sample:
+                    pair_kl = kl.combine(per_sample)
+                    lambdas = kl.coefficients_for(pair_kl.detach())
+                    kl_value, penalty = pair_kl.mean(), (lambdas * pair_kl).mean()
+                    sums["kl/coef_sum"] += float(lambdas.sum())
+                else:
+                    kl_value = kl.combine(terms)
+                    penalty = None if kl_value is None else coef * kl_value
+                total = loss if penalty is None else loss + penalty
                 (total * (n / pairs)).backward()
 
                 step_norm_sums[k] += float(step.velocity.grad.flatten(1).norm(dim=1).sum())
@@ -113,11 +118,13 @@ def policy_update(
     metrics = {
         key: value / total_pairs
         for key, value in sums.items()
-        if key not in ("policy/ratio_max", "grad/norm", "kl/coef")
+        if key not in ("policy/ratio_max", "grad/norm", "kl/coef", "kl/coef_sum")
     }
     metrics["policy/ratio_max"] = sums["policy/ratio_max"]
     metrics["grad/norm"] = sums["grad/norm"] / max(1, optimizer_steps)
-    metrics["kl/coef"] = sums["kl/coef"]
+    # λ of the last optimizer step; with the per-pair clock, the mean λ the update's pairs saw
+    per_pair = "kl/coef_sum" in sums
+    metrics["kl/coef"] = sums["kl/coef_sum"] / total_pairs if per_pair else sums["kl/coef"]
     metrics["optim/steps"] = optimizer_steps
     for k, norm_sum in step_norm_sums.items():
         after = norm_sum / step_counts[k]
