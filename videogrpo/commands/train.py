@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = "Post-train a video generator with GRPO (SAGE-GRPO, Self-Paced GRPO or a baseline preset)."
 
@@ -52,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"give either a config to start a run or {flag} RUN_DIR, not both")
     if not existing:
         print(config_to_yaml(load_config(args.config, args.overrides)), end="")
+    elif (Path(existing) / "config.yaml").is_file():  # train() says what else is wrong
+        load_config(Path(existing) / "config.yaml", args.overrides)
 
     from videogrpo.runs.train import train
 

@@ -191,6 +191,21 @@ def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
     return config
 
 
+def check_setting(cls: type, key: str, value: Any, label: str) -> Any:
+    """`value` checked (and converted) as setting `key` of the tree `cls` would be, its errors
+    naming `label`: a command-line flag gets the same rules as the setting it stands for."""
+    *sections, name = key.split(".")
+    for part in sections:
+        cls = typing.get_type_hints(cls)[part]
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    try:
+        value = _coerce(key, value, typing.get_type_hints(cls)[name])
+        _check_bounds(key, value, field.metadata)
+    except UserError as error:
+        raise UserError(str(error).replace(key, label, 1)) from error
+    return value
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """The config as nested plain data (what is printed and saved with a run)."""
     return dataclasses.asdict(config)

@@ -351,10 +351,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError:  # e.g. a name too long for the file system
+            is_file = False
+        if not is_file:
             raise UserError(f"config file {str(path)!r} not found; see configs/ for the presets")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+            raise UserError(f"config file {str(path)!r} cannot be read ({reason})") from error
         except yaml.YAMLError as error:
             reason = " ".join(str(error).split())  # one line: the CLI prints errors as one
             raise UserError(f"config file {str(path)!r} is not valid YAML: {reason}") from error

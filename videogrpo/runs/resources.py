@@ -39,12 +39,13 @@ def check_run_fits(
         f"a rollout of {samples} samples (data.prompts_per_iteration × data.group_size) × "
         f"{stored} stored states (sampling.num_steps)",
     )
-    _check_fits(
-        eval_prompts * config.eval.samples_per_prompt * latent,
-        model.device,
-        f"an eval of {eval_prompts} prompts × {config.eval.samples_per_prompt} samples "
-        "(eval.samples_per_prompt)",
-    )
+    check_eval_fits(model, eval_prompts * config.eval.samples_per_prompt, "eval.samples_per_prompt")
+
+
+def check_eval_fits(model: VideoGenerator, samples: int, setting: str) -> None:
+    """Eval keeps one final latent per sample until it scores them."""
+    latent = math.prod(model.latent_shape) * FLOAT32_BYTES
+    _check_fits(samples * latent, model.device, f"an eval of {samples} samples ({setting})")
 
 
 def check_lora_rank(model: object, rank: int) -> None:

@@ -1,5 +1,5 @@
 """The run directory as a resource: checked before a run starts, made whole or not at all, and
-used by one process at a time.
+used by one process at a time; and the same early checks for the files `sample` and `eval` write.
 
 The lock is `flock` on the directory itself: it creates no file, and the kernel releases it when
 the process ends however it ends (a SIGKILL included), so a killed run never leaves a stale lock.
@@ -86,13 +86,46 @@ def check_new_location(run_dir: Path) -> None:
     check_writable(ancestor, f"cannot create run directory {run_dir}")
 
 
+def check_output_file(path: Path, flag: str) -> None:
+    """Fail before any work if `path` cannot be written: a folder in its place, a missing or
+    read-only folder around it, a name too long."""
+    _check_names(path, nearest_existing(path.parent), flag)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise UserError(f"{flag} {path}: folder {path.parent} does not exist")
+    check_writable(path.parent, f"{flag} {path}")
+
+
+def check_output_folder(path: Path, flag: str) -> None:
+    """Fail before any work if folder `path` could not be created or written into."""
+    ancestor = nearest_existing(path)
+    if not ancestor.is_dir():
+        raise UserError(f"{flag} {path}: {ancestor} is a file, not a folder")
+    _check_names(path, ancestor, flag)
+    check_writable(ancestor, f"{flag} {path}")
+
+
 def check_writable(folder: Path, context: str) -> None:
     """A folder a run can write into; root passes permission checks, so a read-only mount is
     also checked by its flags."""
     read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
     if read_only or not os.access(folder, os.W_OK | os.X_OK):
         why = "is on a read-only file system" if read_only else "is not writable"
-        raise UserError(f"{context}: {folder} {why}; choose another run.output_dir")
+        raise UserError(f"{context}: {folder} {why}")
+
+
+def check_input_path(value: str | None, key: str) -> None:
+    """A path setting that the file system cannot even look up (a name too long, a loop of
+    links) is a one-line error; a missing one is left to whoever reads it to explain."""
+    if value is None:
+        return
+    try:
+        os.stat(value)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as error:
+        raise UserError(f"{key}: cannot use {value[:80]!r} ({error.strerror})") from error
 
 
 def nearest_existing(path: Path) -> Path:
@@ -101,8 +134,8 @@ def nearest_existing(path: Path) -> Path:
         try:
             if candidate.exists():
                 return candidate
-        except OSError as error:  # e.g. ENAMETOOLONG from stat
-            raise UserError(f"cannot use {path}: {error.strerror}") from error
+        except OSError:  # e.g. a name too long for the file system: it does not exist
+            continue
     return Path(".")
 
 
@@ -137,6 +170,22 @@ def clear_run_dir(run_dir: Path, marker: str) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
+
+
+def _check_names(path: Path, ancestor: Path, context: str) -> None:
+    """Each name and the whole path within the limits of the file system holding `ancestor`."""
+    name_max = _path_limit(ancestor, "PC_NAME_MAX", DEFAULT_NAME_MAX)
+    path_max = _path_limit(ancestor, "PC_PATH_MAX", DEFAULT_PATH_MAX)
+    for name in path.parts:
+        if len(os.fsencode(name)) > name_max:
+            raise UserError(
+                f"{context}: the name {name[:40]}… is longer than the {name_max} bytes the file "
+                "system allows"
+            )
+    if len(os.fsencode(path.absolute())) >= path_max:
+        raise UserError(
+            f"{context}: the path is longer than the {path_max} bytes the file system allows"
+        )
 
 
 def _path_limit(folder: Path, name: str, default: int) -> int:

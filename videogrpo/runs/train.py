@@ -57,6 +57,7 @@ from videogrpo.runs.resume import (
 )
 from videogrpo.runs.rundir import (
     RunLock,
+    check_input_path,
     clear_run_dir,
     create_run_dir,
 )
@@ -88,6 +89,7 @@ class RunResult:
 
 def load_model(config: TrainConfig) -> VideoGenerator:
     """The configured backbone with its trainable part (LoRA or full) switched on."""
+    check_input_path(config.model.path, "model.path")
     model = build_model(config.model, config.sampling)
     if config.model.finetune == "lora":
         check_lora_rank(model, config.model.lora_rank)
@@ -105,6 +107,7 @@ def load_for_inference(
         model_config = replace(model_config, type=model_type, options={})
     if model_dir is not None:
         model_config = replace(model_config, path=model_dir)
+    check_input_path(model_config.path, "--model" if model_dir is not None else "model.path")
     model = build_model(model_config, config.sampling)
     if run_dir is not None:
         apply_run_weights(model, Path(run_dir))

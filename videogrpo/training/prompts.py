@@ -15,11 +15,22 @@ def load_prompts(spec: str) -> list[str]:
     if spec in WORLD_SPLITS:
         return list(grammar.prompts(spec))
     path = Path(spec)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError:  # e.g. a name too long for the file system
+        is_file = False
+    if not is_file:
         raise UserError(
             f"prompts {spec!r} is neither a world split ({', '.join(WORLD_SPLITS)}) nor a file"
         )
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise UserError(f"prompt file {spec!r} cannot be read ({reason})") from error
+    if "\0" in text:
+        raise UserError(f"prompt file {spec!r} holds a NUL byte; it is not a text file")
+    prompts = [line.strip() for line in text.splitlines()]
     prompts = [p for p in prompts if p and not p.startswith("#")]
     if not prompts:
         raise UserError(f"prompt file {spec!r} holds no prompts (one per line, # for comments)")
