@@ -9,6 +9,7 @@ checkpoint can be resumed (from the start) or restarted, and the two messages ag
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -207,3 +208,33 @@ def test_a_kill_between_the_summary_and_the_report_is_finished_by_resume(run_dir
     assert after.pop(run_dir / "report.html") and after == before
     code, err = resume(capsys, run_dir)  # now it is finished: refused, nothing changed
     assert_one_line(code, err, "already finished 2 iterations", "run.iterations=4")
+
+
+def test_weights_that_overflow_stop_the_run_with_the_last_good_checkpoint(
+    tiny_model_dir, tmp_path, finished, capsys, monkeypatch
+):
+    """NaN-safety: an optimizer step that leaves a non-finite weight (what an overflow does)
+    stops the run at once with exit 3 and one line; the checkpoint and logs hold only the
+    iterations before it, so a resume ends where a run that never overflowed ends."""
+    original_step = torch.optim.AdamW.step
+    steps = []
+
+    def overflowing_step(self, *args, **kwargs):
+        loss = original_step(self, *args, **kwargs)
+        steps.append(1)
+        if len(steps) == 3:  # iteration 2's first step (2 minibatches per iteration)
+            self.param_groups[0]["params"][0].data[0] = math.inf
+        return loss
+
+    run_dir = tmp_path / "two"
+    args = train_args(tiny_model_dir, tmp_path, "two", iterations=2)
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.optim.AdamW, "step", overflowing_step)
+        code, err = cli(capsys, *args, "--set", "run.checkpoint_every=1")
+    lines = err.strip().splitlines()
+    assert code == 3 and len(lines) == 1 and "Traceback" not in err, err
+    assert "iteration 2 diverged" in lines[0] and "checkpoint of iteration 1 kept" in lines[0]
+    assert [row["iteration"] for row in non_time_metrics(run_dir)] == [1]
+    code, err = resume(capsys, run_dir)
+    assert code == 0, err
+    assert non_time_metrics(run_dir) == non_time_metrics(finished[0])

@@ -94,10 +94,11 @@ def run(args: argparse.Namespace) -> int:
     for key, value in result.summary.items():
         print(f"{key:<{width}}  {value:.4f}")
     if args.json:
+        from videogrpo.runs.checkpoint import write_text_atomically
         from videogrpo.runs.tracking import dumps_strict
 
         try:
-            Path(args.json).write_text(dumps_strict(summary, indent=2) + "\n", encoding="utf-8")
+            write_text_atomically(Path(args.json), dumps_strict(summary, indent=2) + "\n")
         except OSError as error:
             raise UserError(f"--json {args.json}: cannot write ({error.strerror})") from error
     if result.videos is not None:

@@ -37,6 +37,13 @@ MAX_GUIDANCE_SCALE = 100.0
 # AdamW moves each weight by about lr per step; at lr > 1 no run converges (the tiny model's
 # KL is NaN within one iteration at lr = 10⁴).
 MAX_LEARNING_RATE = 1.0
+# An order of magnitude above the exploration scales of the references (DanceGRPO 0.3, SAGE 0.5,
+# FlowGRPO 0.7; CPS ≤ 1 by definition): at η = 10 one step's noise already dwarfs the latent,
+# and at η = 10³⁰ the rollout overflows to NaN.
+MAX_EXPLORATION_SCALE = 10.0
+# AdamW multiplies each weight by 1 − lr · weight_decay per step: with lr ≤ 1, a decay ≤ 1 keeps
+# that factor in [0, 1) (at 10³⁰ the weights overflow within one step).
+MAX_WEIGHT_DECAY = 1.0
 # Keys renamed since runs were first saved: old name → new name, per section.
 RENAMED_KEYS = {"model": {"backbone": "type"}, "reward": {"name": "type"}}
 
@@ -93,7 +100,9 @@ class ModelConfig:
 @dataclass
 class SamplingConfig:
     rule: str = setting("sage", "Exploration step rule (ALGORITHMS §2).", choices=STEP_RULES)
-    eta: float = setting(0.5, "Exploration scale η (cps: in [0, 1]).", ge=0)
+    eta: float = setting(
+        0.5, "Exploration scale η (cps: in [0, 1]).", ge=0, le=MAX_EXPLORATION_SCALE
+    )
     num_steps: int = setting(10, "Rollout denoising steps T.", ge=2, le=MAX_STEPS)
     shift: float = setting(3.0, "Schedule shift s (ALGORITHMS §1).", gt=0)
     guidance_scale: float = setting(
@@ -251,7 +260,7 @@ class KLConfig:
 @dataclass
 class OptimConfig:
     lr: float = setting(3e-4, "AdamW learning rate.", gt=0, le=MAX_LEARNING_RATE)
-    weight_decay: float = setting(0.0, "AdamW weight decay.", ge=0)
+    weight_decay: float = setting(0.0, "AdamW weight decay.", ge=0, le=MAX_WEIGHT_DECAY)
     beta1: float = setting(0.9, "AdamW β1.", ge=0, le=1)
     beta2: float = setting(0.999, "AdamW β2.", ge=0, le=1)
     grad_clip: float = setting(1.0, "Gradient-norm clip.", gt=0)

@@ -76,6 +76,7 @@ from videogrpo.training.trainer import GRPOTrainer, IterationResult
 
 TENSORBOARD_DIR = "tensorboard"
 REPORT_FILE = "report.html"
+DIVERGED_EXIT_CODE = 3  # a run stopped because its weights overflowed (not bad input: 2)
 ROLLOUT_GROUPS_SAVED = 2  # groups of each saved rollout written as GIFs (auditing, not stats)
 
 logger = logging.getLogger(__name__)
@@ -376,7 +377,16 @@ def _train_loop(
     while trainer.iteration < config.run.iterations:
         iteration = trainer.iteration + 1
         videos_due = bool(config.run.videos_every) and iteration % config.run.videos_every == 0
-        result = trainer.step(keep_videos=ROLLOUT_GROUPS_SAVED * group_size if videos_due else 0)
+        try:
+            result = trainer.step(
+                keep_videos=ROLLOUT_GROUPS_SAVED * group_size if videos_due else 0
+            )
+        except ValueError as error:  # e.g. the KL controller refusing a NaN KL
+            if weights_finite(trainer):
+                raise
+            raise diverged(run_dir, iteration) from error
+        if not weights_finite(trainer):
+            raise diverged(run_dir, iteration)
         metrics.write(iteration, result.metrics)
         if videos_due:
             save_rollout(run_dir, iteration, result, group_size)
@@ -421,6 +431,23 @@ def _train_loop(
         )
     write_text_atomically(run_dir / SUMMARY_FILE, dumps_strict(summary, indent=2) + "\n")
     return finish_report(run_dir)
+
+
+def weights_finite(trainer: GRPOTrainer) -> bool:
+    """NaN-safety: no checkpoint or log ever holds weights an overflow has destroyed."""
+    return all(bool(p.isfinite().all()) for p in trainer.model.trainable_parameters())
+
+
+def diverged(run_dir: Path, iteration: int) -> RunStopped:
+    """Iteration `iteration` overflowed the weights: stop, keeping the last checkpoint."""
+    found = find_checkpoint(run_dir / CHECKPOINT_DIR)
+    kept = "no checkpoint" if found is None else f"the checkpoint of iteration {found.step}"
+    return RunStopped(
+        f"iteration {iteration} diverged (the trained weights are no longer finite); the run "
+        f"stopped with {kept} kept; lower optim.lr (or sampling.eta, the KL or reward scales) "
+        f"and continue with: videogrpo train --resume {run_dir} --set optim.lr=...",
+        DIVERGED_EXIT_CODE,
+    )
 
 
 def finish_report(run_dir: Path) -> RunResult:
