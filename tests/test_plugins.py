@@ -178,3 +178,29 @@ def test_unknown_or_broken_plugins_are_one_line_errors_before_anything_is_writte
         train(PRESETS_DIR / "sage.yaml", [*settings, setting], progress=False)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "toy").exists()
+
+
+class ColoursAndTheirSum:
+    """Two components and their sum, as VideoAlign returns VQ, MQ, TA and Overall."""
+
+    components = ("red", "blue", "Overall")
+
+    def __call__(self, videos: Tensor, prompts: list[str]) -> dict[str, Tensor]:
+        red, blue = videos[..., 0].mean(dim=(1, 2, 3)), videos[..., 2].mean(dim=(1, 2, 3))
+        return {"red": red, "blue": blue, "Overall": red + blue}
+
+
+def test_the_composite_averages_only_the_weighted_components():
+    """The eval yardstick is the mean of what the training weighs, not of a sum component too."""
+    from videogrpo.config import load_config
+    from videogrpo.runs.evaluation import evaluate
+    from videogrpo.training.build import eval_step_settings
+
+    config = load_config(None, ["reward.weights={red: 1.0, blue: 2.0}"])
+    assert config.reward.composite_components() == ["red", "blue"]
+    result = evaluate(
+        ToyBackbone(ModelSpec()), ColoursAndTheirSum(), ["a", "b"], eval_step_settings(2, 3.0, 1.0),
+        composite_of=config.reward.composite_components(),
+    )  # fmt: skip
+    rewards = result.rewards
+    torch.testing.assert_close(rewards["composite"], (rewards["red"] + rewards["blue"]) / 2)

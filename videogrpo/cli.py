@@ -7,6 +7,7 @@ milliseconds and a usage or config error is reported at once.
 Exit status: 0 done; 2 bad input (a one-line error naming the problem and the fix); 128 + N
 stopped by signal N after saving a checkpoint (130 Ctrl-C, 143 SIGTERM); other non-zero codes
 as a `RunStopped` says (e.g. a reward that keeps failing) or 1 for a bug (with its traceback).
+`serve-reward` lives in `serve_reward`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import NoReturn
 from videogrpo import __version__
 from videogrpo.errors import RunStopped, UserError
 
-COMMANDS: tuple[str, ...] = ("train", "sample", "eval", "pretrain", "report")
+COMMANDS: tuple[str, ...] = ("train", "sample", "eval", "pretrain", "report", "serve-reward")
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
@@ -46,7 +47,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((arg for arg in argv or [] if not arg.startswith("-")), None)
     for name in COMMANDS:
-        module = importlib.import_module(f"videogrpo.commands.{name}")
+        module = importlib.import_module(f"videogrpo.commands.{name.replace('-', '_')}")
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
         if name == chosen:
             module.add_arguments(sub)
@@ -54,16 +55,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-class StderrHandler(logging.StreamHandler):
-    """Writes to whatever `sys.stderr` is when a record comes, not when the handler was made
-    (main() may run many times in one process, each with its own stderr, as in the tests)."""
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record (tests swap it)."""
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self):
         return sys.stderr
 
     @stream.setter
-    def stream(self, value: object) -> None:
+    def stream(self, _value) -> None:
         pass
 
 
@@ -71,7 +71,7 @@ def configure_logging() -> None:
     """Notices from the library (e.g. a setting it had to interpret) as one stderr line each."""
     logger = logging.getLogger("videogrpo")
     if not logger.handlers:
-        handler = StderrHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("videogrpo: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             negative_prompt=args.negative_prompt,
             keep_videos=len(prompts) * args.samples_per_prompt if args.videos else 0,
+            composite_of=config.reward.composite_components(),
         )
     except ValueError as error:
         raise UserError(str(error)) from error

@@ -156,7 +156,9 @@ class DataConfig:
 @dataclass
 class RewardConfig:
     type: str = setting(
-        "world", "Reward model: a built-in name (world) or your own as MODULE:CLASS."
+        "world",
+        "Reward model: world, videoalign, clipscore, pickscore, python or http (docs/rewards.md), "
+        "or your own as MODULE:CLASS.",
     )
     options: dict[str, Any] = setting({}, "Keyword arguments of the reward's constructor.")
     batch_size: int = setting(0, "Videos per call of the reward (0: as many as decoded).", ge=0)
@@ -201,6 +203,11 @@ class RewardConfig:
     calibration_iterations: int = setting(
         10, "calibrate: iterations whose rewards set lo/hi.", ge=1
     )
+
+    def composite_components(self) -> list[str]:
+        """What "composite" averages in eval and logs: the components the training weighs
+        (not, e.g., VideoAlign's Overall, which is their sum)."""
+        return list(self.weights) if self.curriculum == "static" else list(self.order)
 
 
 @dataclass

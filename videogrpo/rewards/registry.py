@@ -16,12 +16,18 @@ import torch
 from videogrpo.errors import UserError
 from videogrpo.registry import Registry
 from videogrpo.rewards.base import RewardModel
+from videogrpo.rewards.guarded import GuardedReward, RewardFailure
 
 if TYPE_CHECKING:
     from videogrpo.config.settings import RewardConfig
 
 BUILTIN_REWARDS = {
     "world": "videogrpo.rewards.world:WorldReward",
+    "videoalign": "videogrpo.rewards.videoalign:VideoAlign",
+    "clipscore": "videogrpo.rewards.clip:ClipScore",
+    "pickscore": "videogrpo.rewards.clip:PickScore",
+    "python": "videogrpo.rewards.python:PythonReward",
+    "http": "videogrpo.rewards.http:HttpReward",
 }
 REWARDS = Registry("reward.type", BUILTIN_REWARDS, "videogrpo.rewards")
 ADDITIONAL_KEYS = ("type", "options", "batch_size")
@@ -37,7 +43,11 @@ class Member:
 
 
 class RewardSet:
-    """Several rewards as one: the union of their components, each scored in its own chunks."""
+    """Several rewards as one: the union of their components, each scored in its own chunks.
+
+    Every chunk goes through a GuardedReward: a chunk whose call fails scores NaN, the others
+    stand, and `take_failures` tells the trainer what failed and why.
+    """
 
     def __init__(self, members: list[Member]) -> None:
         seen: dict[str, str] = {}
@@ -50,20 +60,29 @@ class RewardSet:
                     )
                 seen[component] = member.name
         self.members = members
+        self.guards = [GuardedReward(member.reward) for member in members]
         self.components: tuple[str, ...] = tuple(seen)
 
     @torch.no_grad()
     def __call__(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         scores: dict[str, torch.Tensor] = {}
-        for member in self.members:
+        for member, guard in zip(self.members, self.guards, strict=True):
             size = member.batch_size or len(prompts) or 1
             parts = [
-                member.reward(videos[start : start + size], prompts[start : start + size])
+                guard(videos[start : start + size], prompts[start : start + size])
                 for start in range(0, len(prompts), size)
             ]
-            for component in member.reward.components:
-                scores[component] = torch.cat([part[component].float().cpu() for part in parts])
+            for component in guard.components:
+                scores[component] = torch.cat([part[component] for part in parts])
         return scores
+
+    def take_failures(self) -> list[RewardFailure]:
+        """The failed calls since the last call, each reason prefixed with its reward's name."""
+        return [
+            RewardFailure(failure.samples, f"{member.name}: {failure.reason}")
+            for member, guard in zip(self.members, self.guards, strict=True)
+            for failure in guard.take_failures()
+        ]
 
     def check_prompts(self, prompts: list[str]) -> None:
         for member in self.members:

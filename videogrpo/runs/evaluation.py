@@ -9,6 +9,7 @@ sample's final latent is kept, and videos are decoded and scored in chunks (trai
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -57,11 +58,12 @@ def evaluate(
     batch_size: int = DEFAULT_EVAL_BATCH,
     decode_batch_size: int = DEFAULT_DECODE_BATCH,
     keep_videos: int = 0,
+    composite_of: Sequence[str] | None = None,
 ) -> EvalResult:
     """Sample `samples_per_prompt` videos per prompt with `settings` and score them.
 
-    "composite" is the equal-weight mean of the reward's components: a fixed yardstick that does
-    not move with the training weights or the curriculum.
+    "composite" is the equal-weight mean of the components named in `composite_of` (default:
+    all): a fixed yardstick that does not move with the training weights or the curriculum.
     """
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]
     seeds = eval_seeds(seed, len(prompts), samples_per_prompt)
@@ -88,7 +90,8 @@ def evaluate(
         diagnostics=True,
     )
     scores = dict(scored.rewards)
-    scores["composite"] = torch.stack(list(scores.values())).mean(dim=0)
+    averaged = list(scores) if composite_of is None else list(composite_of)
+    scores["composite"] = torch.stack([scores[name] for name in averaged]).mean(dim=0)
     result = EvalResult(repeated, seeds, scores, scored.videos)
     result.summary = {name: float(value.mean()) for name, value in scores.items()}
     result.summary.update({f"{name}_std": float(value.std(0)) for name, value in scores.items()})

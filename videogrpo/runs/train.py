@@ -31,6 +31,7 @@ from videogrpo.runs.checkpoint import (
     find_checkpoint,
     load_checkpoint,
     promote_checkpoint,
+    restore_rng_state,
     rng_state,
     save_checkpoint,
     write_atomically,
@@ -72,12 +73,15 @@ from videogrpo.runs.tracking import (
 from videogrpo.runs.video_io import write_gif
 from videogrpo.training.build import eval_step_settings
 from videogrpo.training.prompts import load_prompts
-from videogrpo.training.trainer import GRPOTrainer, IterationResult
+from videogrpo.training.trainer import GRPOTrainer, IterationResult, RewardsFailed
 
 TENSORBOARD_DIR = "tensorboard"
 REPORT_FILE = "report.html"
 DIVERGED_EXIT_CODE = 3  # a run stopped because its weights overflowed (not bad input: 2)
+REWARDS_FAILED_EXIT_CODE = 4  # stopped because the reward scored no sample of an iteration
 ROLLOUT_GROUPS_SAVED = 2  # groups of each saved rollout written as GIFs (auditing, not stats)
+# A stopped run's message names the first reasons its reward calls failed, each cut short.
+REASONS_SHOWN, REASON_CHARACTERS = 2, 200
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +164,23 @@ def load_reward(config: TrainConfig) -> RewardModel:
     return reward
 
 
+def rewards_failed_message(run_dir: Path, failure: RewardsFailed) -> str:
+    """One line: what failed, what was kept, how to go on."""
+    shown = [reason[:REASON_CHARACTERS] for reason in failure.reasons[:REASONS_SHOWN]]
+    reasons = "; ".join(shown) or "every score was NaN"
+    return (
+        f"iteration {failure.iteration}: the reward failed for every sample ({reasons}); the run "
+        f"stopped with iteration {failure.iteration - 1} checkpointed; fix the reward and "
+        f"continue with: videogrpo train --resume {run_dir}"
+    )
+
+
+def failed_samples(run_dir: Path) -> int:
+    """Samples of the whole run (all of metrics.jsonl, across resumes) whose reward failed."""
+    rows = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return int(sum(json.loads(row).get("reward/failed_samples", 0) for row in rows if row))
+
+
 def check_prompts(reward: RewardModel, prompts: list[str]) -> None:
     """A reward that scores only some prompts (the world's grammar) rejects the others now."""
     check = getattr(reward, "check_prompts", None)
@@ -182,6 +203,7 @@ def run_eval(trainer: GRPOTrainer, eval_prompts: list[str], keep_videos: int = 0
         batch_size=config.eval.batch_size,
         decode_batch_size=config.memory.decode_batch_size,
         keep_videos=keep_videos,
+        composite_of=config.reward.composite_components(),
     )
 
 
@@ -377,10 +399,16 @@ def _train_loop(
     while trainer.iteration < config.run.iterations:
         iteration = trainer.iteration + 1
         videos_due = bool(config.run.videos_every) and iteration % config.run.videos_every == 0
+        rng_before = rng_state()
         try:
             result = trainer.step(
                 keep_videos=ROLLOUT_GROUPS_SAVED * group_size if videos_due else 0
             )
+        except RewardsFailed as failure:  # keep every completed iteration, then stop
+            restore_rng_state(rng_before)
+            checkpoint()
+            message = rewards_failed_message(run_dir, failure)
+            raise RunStopped(message, REWARDS_FAILED_EXIT_CODE) from failure
         except ValueError as error:  # e.g. the KL controller refusing a NaN KL
             if weights_finite(trainer):
                 raise
@@ -420,6 +448,7 @@ def _train_loop(
         "iterations": trainer.iteration,
         "eval_before": eval_before,
         "eval_after": summary_of(after),
+        "reward_failed_samples": failed_samples(run_dir),
         "wall_seconds": round(time.monotonic() - started, 1),
     }
     (run_dir / REPORT_FILE).unlink(missing_ok=True)  # a continued run's old report is stale

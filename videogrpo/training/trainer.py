@@ -37,6 +37,20 @@ class IterationResult:
     videos: Tensor | None = None  # (K, F, H, W, 3): the first K samples, when asked for
 
 
+class RewardsFailed(RuntimeError):
+    """Not one sample of an iteration could be scored; it is abandoned before any update, with
+    the prompt and selection streams rewound so that a resumed run redoes it exactly."""
+
+    def __init__(self, iteration: int, reasons: list[str]) -> None:
+        self.iteration, self.reasons = iteration, reasons
+        super().__init__(f"iteration {iteration}: no sample could be scored ({'; '.join(reasons)})")
+
+
+def scorable_samples(rewards: dict[str, Tensor], components: tuple[str, ...]) -> Tensor:
+    """(B,) bool: every component the weighting reads is finite."""
+    return torch.stack([rewards[name].isfinite() for name in components]).all(dim=0)
+
+
 @dataclass
 class GRPOTrainer:
     """State of one run: the model and optimizer plus every schedule that must survive a resume."""
@@ -112,11 +126,23 @@ class GRPOTrainer:
             )
         return advantages, weighted
 
+    def take_reward_failures(self) -> list[str]:
+        """Why reward calls failed since the last look (a RewardSet's guards keep the reasons)."""
+        take = getattr(self.reward, "take_failures", None)
+        return [failure.reason for failure in take()] if take is not None else []
+
     def step(self, keep_videos: int = 0) -> IterationResult:
-        """One GRPO iteration (ALGORITHMS §9); the first `keep_videos` rollout videos are kept."""
+        """One GRPO iteration (ALGORITHMS §9); the first `keep_videos` rollout videos are kept.
+
+        A sample whose weighted reward components are not all finite (its reward call failed)
+        gets no advantage and stays out of its group's statistics; when no sample is left,
+        RewardsFailed is raised before anything of the run's state has moved.
+        """
         config, settings, timings = self.config, self.settings, {}
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
+        streams = (self.data_generator.get_state(), self.selection_generator.get_state())
+        self.take_reward_failures()  # eval's failures are not this iteration's
 
         start = time.perf_counter()
         prompts, seeds = self.next_prompts()
@@ -157,7 +183,18 @@ class GRPOTrainer:
             decode_batch_size=config.memory.decode_batch_size,
             keep_videos=keep_videos,
         )
-        advantages, weighted = self.score(scored.rewards)
+        failures = self.take_reward_failures()
+        components = self.curriculum.components
+        scorable = scorable_samples(scored.rewards, components)
+        if not scorable.any():
+            self.data_generator.set_state(streams[0])
+            self.selection_generator.set_state(streams[1])
+            raise RewardsFailed(self.iteration + 1, list(dict.fromkeys(failures)))
+        rewards = {  # a failed sample is left out of every weighted component's statistics
+            name: values.where(scorable, float("nan")) if name in components else values
+            for name, values in scored.rewards.items()
+        }
+        advantages, weighted = self.score(rewards)
         timings["time/reward"] = time.perf_counter() - start
         batch = UpdateBatch(trajectories, conditioning, advantages, trained, chunks)
         if config.data.train_extremes:
@@ -197,6 +234,8 @@ class GRPOTrainer:
 
         metrics.update(timings)
         metrics.update(self.reward_metrics(scored.rewards, weighted.composite))
+        metrics["reward/failed_samples"] = float((~scorable).sum())
+        metrics["reward/failed_calls"] = float(len(failures))
         if config.reward.curriculum != "static":  # fixed weights have nothing to chart
             metrics.update({f"curriculum/{k}": v for k, v in weighted.diagnostics.items()})
         metrics["optim/lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step used
@@ -210,7 +249,8 @@ class GRPOTrainer:
             metrics[f"reward/{name}_std"] = float(values[values.isfinite()].std(correction=0))
             metrics[f"reward/{name}_group_std"] = advantage.mean_group_std(values, group_size)
         metrics["reward/weighted_mean"] = float(composite.nanmean())
-        equal = torch.stack(list(components.values())).mean(dim=0)
+        averaged = self.config.reward.composite_components()
+        equal = torch.stack([components[name] for name in averaged]).mean(dim=0)
         metrics["reward/composite_mean"] = float(equal.nanmean())
         metrics["reward/within_group_std"] = advantage.mean_group_std(equal, group_size)
         metrics["reward/zero_std_group_fraction"] = advantage.zero_std_group_fraction(

@@ -152,6 +152,12 @@ def _reward_charts(metrics: _Metrics, evals: list[Row], colors: dict[str, str]) 
             ["reward/zero_std_group_fraction"],
         )
     )
+    charts.append(
+        metrics.lines(
+            "Reward failures: samples without a score (no advantage) and failed calls",
+            ["reward/failed_samples", "reward/failed_calls"],
+        )
+    )
     spread = [
         metrics.series("reward/within_group_std", COMPOSITE, COMPOSITE_COLOR),
         *(metrics.series(f"reward/{name}_group_std", name, c) for name, c in colors.items()),
