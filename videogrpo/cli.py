@@ -4,9 +4,9 @@ A command module exposes `HELP` (one line), `add_arguments(parser)` and `run(arg
 imports torch, diffusers and the rest of the library inside `run`, so the parser is built in
 milliseconds and a usage or config error is reported at once.
 
-Exit status: 0 done; 2 bad input (a one-line error naming the problem and the fix); 128 + N
-stopped by signal N after saving a checkpoint (130 Ctrl-C, 143 SIGTERM); other non-zero codes
-as a `RunStopped` says (e.g. a reward that keeps failing) or 1 for a bug (with its traceback).
+Exit status (docs/reliability.md): 0 done; 2 bad input (a one-line error naming the problem and
+the fix); 3 the training diverged, 4 the reward scored nothing (both after a checkpoint); 128 + N
+stopped by signal N after saving a checkpoint (130 Ctrl-C, 143 SIGTERM); 1 a bug (a traceback).
 `serve-reward` lives in `serve_reward`.
 """
 
