@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 
 import pytest
+import yaml
 
 if typing.TYPE_CHECKING:
     from videogrpo.training.trainer import GRPOTrainer
@@ -19,12 +20,20 @@ from videogrpo.embedded.tiny_wan import TinyWan, TinyWanConfig
 from videogrpo.embedded.world.grammar import tokenizer_vocabulary
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+ALL_PRESETS = sorted(PRESETS_DIR.glob("*.yaml"))
+# A preset for a real backbone names it (model.type: wan …); tests/test_backbones_training.py
+# runs those on tiny folders of their family.
+BACKBONE_PRESETS = [
+    path for path in ALL_PRESETS if "type" in (yaml.safe_load(path.read_text()).get("model") or {})
+]
 # Presets whose reward needs downloaded weights: the engine tests run every other preset on the
 # tiny model; tests/test_rewards_presets.py runs these with tiny stand-ins of those weights.
 WEIGHTED_REWARD_PRESETS = ("selfpaced_videoalign",)
-PRESETS = sorted(
-    path for path in PRESETS_DIR.glob("*.yaml") if path.stem not in WEIGHTED_REWARD_PRESETS
-)
+PRESETS = [
+    path
+    for path in ALL_PRESETS
+    if path not in BACKBONE_PRESETS and path.stem not in WEIGHTED_REWARD_PRESETS
+]
 PRESET_IDS = [path.stem for path in PRESETS]
 
 # Smallest model the world's clips allow: 8 frames of 32×32 RGB, 1 block of 2 heads × 12 dims.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import PRESET_IDS, PRESETS, setting_keys
+from conftest import ALL_PRESETS, PRESET_IDS, setting_keys
 
 from videogrpo.config import TrainConfig, config_to_yaml, load_config
 from videogrpo.config.schema import describe
@@ -192,7 +192,7 @@ def test_bad_override_syntax_and_missing_files_are_user_errors(tmp_path):
     assert str(broken) in user_error([], broken)
 
 
-@pytest.mark.parametrize("preset", PRESETS, ids=PRESET_IDS)
+@pytest.mark.parametrize("preset", ALL_PRESETS, ids=[path.stem for path in ALL_PRESETS])
 def test_every_preset_loads_and_keeps_its_method(preset):
     config = load_config(preset)
     raw = yaml.safe_load(preset.read_text())

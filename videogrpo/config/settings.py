@@ -77,14 +77,31 @@ class RunConfig:
 @dataclass
 class ModelConfig:
     type: str = setting(
-        "tiny_wan", "Backbone adapter: a built-in name (tiny_wan) or your own as MODULE:CLASS."
+        "tiny_wan",
+        "Backbone adapter: a built-in name (tiny_wan, wan, hunyuan_video_15, ltx) or your own "
+        "as MODULE:CLASS.",
     )
-    path: str | None = setting(None, "Model folder; default: the embedded pretrained model.")
+    path: str | None = setting(
+        None, "Model folder (a diffusers pipeline folder for wan, hunyuan_video_15, ltx)."
+    )
     options: dict[str, Any] = setting({}, "Backbone-specific settings, passed to the adapter.")
     dtype: str = setting(
         "float32",
-        "Compute dtype of the transformer; step and log-prob math stay float32.",
+        "Compute dtype of the transformer; step and log-prob math stay float32 (full fine-tuning "
+        "keeps float32 weights and runs the forward under autocast to this dtype).",
         choices=tuple(DTYPE_NAMES),
+    )
+    text_encoder_dtype: str = setting(
+        "float32", "Dtype of the text encoder(s).", choices=tuple(DTYPE_NAMES)
+    )
+    vae_dtype: str = setting("float32", "Dtype of the VAE.", choices=tuple(DTYPE_NAMES))
+    attention_backend: str | None = setting(
+        None,
+        "diffusers attention backend of the transformer (e.g. native, flash, _native_cudnn, "
+        "sage); default: diffusers' own (PyTorch SDPA).",
+    )
+    compile: bool = setting(
+        False, "torch.compile the transformer's repeated blocks (first iterations are slower)."
     )
     device: str = setting("auto", "auto (CUDA if present), cpu, cuda or cuda:N.")
     finetune: str = setting(
@@ -132,7 +149,15 @@ class SelectionConfig:
 @dataclass
 class DataConfig:
     prompts: str = setting(
-        "train", "Training prompts: a world split name or a text file, one per line."
+        "train",
+        "Training prompts: a world split name, or a prompt file: .txt (one per line), .jsonl "
+        "(a prompt/caption/text key per line) or .csv (a prompt/caption/text column).",
+    )
+    order: str = setting(
+        "random",
+        "random: draw prompts independently each iteration; shuffle: go through the prompt "
+        "file in a seeded random order, epoch after epoch (the position is resumed).",
+        choices=("random", "shuffle"),
     )
     prompts_per_iteration: int = setting(8, "B: prompts per rollout.", ge=1)
     group_size: int = setting(4, "G: samples per prompt (a group).", ge=2)
@@ -286,11 +311,39 @@ class MemoryConfig:
         "Where rollout states are kept between rollout and update.",
         choices=("model", "cpu"),
     )
+    micro_batch_size: int = setting(
+        0,
+        "Samples per transformer call in rollout, replay and update (0: every sample of a "
+        "minibatch that trains the step at once); the update accumulates gradients over them, "
+        "so only activation memory and speed change (with CFG the transformer sees twice as "
+        "many rows).",
+        ge=0,
+    )
+    offload: bool = setting(
+        True,
+        "Keep text encoders and VAE on the CPU and move each to the training device only for "
+        "its phase (encode, decode), so the update has the GPU to itself.",
+    )
+    gradient_checkpointing: bool = setting(
+        False, "Recompute transformer blocks in the backward pass: far less activation memory."
+    )
+    vae_slicing: bool = setting(False, "Decode the videos of a batch one at a time.")
+    vae_tiling: bool = setting(
+        False, "Decode in overlapping spatial tiles (large videos; pixels change slightly)."
+    )
+    text_cache_dir: str | None = setting(
+        None,
+        "Folder where prompt embeddings are stored (safetensors, keyed by text encoder and "
+        "prompt): every prompt is encoded once at the start and reused by later runs; "
+        "default: in memory only, encoded when first drawn.",
+    )
 
 
 @dataclass
 class EvalConfig:
-    prompts: str = setting("heldout", "Eval prompts: a world split name or a text file.")
+    prompts: str = setting(
+        "heldout", "Eval prompts: a world split name or a prompt file (.txt, .jsonl, .csv)."
+    )
     max_prompts: int = setting(0, "Use at most this many eval prompts (0: all).", ge=0)
     samples_per_prompt: int = setting(2, "Fixed seeds per eval prompt.", ge=1)
     num_steps: int = setting(10, "ODE steps for eval.", ge=1, le=MAX_STEPS)

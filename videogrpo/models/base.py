@@ -114,20 +114,39 @@ def guided_velocity(
 
 
 @dataclass(frozen=True)
+class MemorySpec:
+    """How a real-size backbone fits one GPU (the config's `memory` section); a backbone applies
+    what it can and ignores the rest (the embedded default is too small to need any of it)."""
+
+    offload: bool = True  # text encoders and VAE live off the training device between phases
+    gradient_checkpointing: bool = False  # recompute transformer blocks in backward
+    vae_slicing: bool = False  # decode one video of a batch at a time
+    vae_tiling: bool = False  # decode in overlapping spatial tiles (changes pixels slightly)
+    text_cache_dir: str | None = None  # prompt embeddings also kept on disk, reused across runs
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """What the config says about the backbone; a model factory is called with one of these.
 
     `options` is the open `model.options` mapping, for the backbone alone to interpret. The video
-    size fields are None where the config leaves them to the backbone's default.
+    size fields are None where the config leaves them to the backbone's default. `dtype` is the
+    transformer's; text encoders and VAE have their own, because their precision needs differ
+    (Wan's VAE is run in float32 by its authors, its UMT5 in bfloat16).
     """
 
     path: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     dtype: torch.dtype = torch.float32
+    text_encoder_dtype: torch.dtype = torch.float32
+    vae_dtype: torch.dtype = torch.float32
     device: torch.device = torch.device("cpu")
     num_frames: int | None = None
     height: int | None = None
     width: int | None = None
+    attention_backend: str | None = None  # diffusers' attention dispatcher name; None: its default
+    compile: bool = False  # torch.compile the transformer's repeated blocks
+    memory: MemorySpec = field(default_factory=MemorySpec)
 
 
 @runtime_checkable

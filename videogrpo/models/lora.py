@@ -1,8 +1,8 @@
 """LoRA on a diffusers transformer through peft, shared by every backbone adapter.
 
 diffusers models carry peft's `PeftAdapterMixin` (`add_adapter`, `disable_adapters`), so the same
-few calls serve Wan, HunyuanVideo, CogVideoX and LTX; only the pipeline class that writes the
-diffusers LoRA file differs.
+few calls serve Wan, HunyuanVideo 1.5 and LTX-Video; only the pipeline class that writes the
+diffusers LoRA file and the default target modules differ.
 """
 
 from collections.abc import Iterator
@@ -17,8 +17,19 @@ from torch import nn
 # layers FlowGRPO/DanceGRPO adapt, and the names diffusers' Wan LoRA loader maps.
 WAN_LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
 
+# The attention projections of HunyuanVideo 1.5's double-stream blocks (video and text streams)
+# and the linears of both MLPs, as the diffusers HunyuanVideo LoRA trainers target them.
+HUNYUAN_VIDEO_LORA_TARGET_MODULES = (
+    "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+    "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+)  # fmt: skip
+# LTX-Video blocks: self- and cross-attention projections and the feed-forward linears.
+LTX_LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
+
 # peft's name for the single adapter we train.
 ADAPTER_NAME = "default"
+# diffusers' LoRA file name, the one `load_lora_weights(folder)` reads without a weight_name.
+LORA_WEIGHT_FILE = "pytorch_lora_weights.safetensors"
 
 
 def add_lora(
@@ -65,7 +76,19 @@ def adapters_disabled(transformer: nn.Module) -> Iterator[None]:
         transformer.enable_adapters()
 
 
-def save_lora_for_pipeline(transformer: nn.Module, pipeline_class: type, directory: Path) -> None:
+def lora_weight_name(denoiser: str | None = None) -> str:
+    """File name of a denoiser's LoRA: diffusers' default for the main one (None), which
+    `load_lora_weights(folder)` picks; one that does not end like the default for any other
+    (diffusers would otherwise guess between them)."""
+    return LORA_WEIGHT_FILE if denoiser is None else f"{denoiser}_lora_weights.safetensors"
+
+
+def save_lora_for_pipeline(
+    transformer: nn.Module,
+    pipeline_class: type,
+    directory: Path,
+    weight_name: str = LORA_WEIGHT_FILE,
+) -> None:
     """Write the adapter as `pipeline_class.load_lora_weights` expects it.
 
     The peft config goes in as metadata so that a loader restores lora_alpha (scaling = alpha/rank)
@@ -75,4 +98,5 @@ def save_lora_for_pipeline(transformer: nn.Module, pipeline_class: type, directo
         str(directory),
         transformer_lora_layers=get_peft_model_state_dict(transformer, adapter_name=ADAPTER_NAME),
         transformer_lora_adapter_metadata=transformer.peft_config[ADAPTER_NAME].to_dict(),
+        weight_name=weight_name,
     )

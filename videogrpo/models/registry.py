@@ -12,15 +12,17 @@ from typing import TYPE_CHECKING
 import torch
 
 from videogrpo.errors import UserError
-from videogrpo.models.base import ModelSpec, VideoGenerator
+from videogrpo.models.base import MemorySpec, ModelSpec, VideoGenerator
 from videogrpo.registry import Registry
 
 if TYPE_CHECKING:
-    from videogrpo.config.settings import ModelConfig, SamplingConfig
+    from videogrpo.config.settings import MemoryConfig, ModelConfig, SamplingConfig
 
 BUILTIN_MODELS = {
     "tiny_wan": "videogrpo.embedded.tiny_wan:load_tiny_wan",
     "wan": "videogrpo.models.wan:WanGenerator.from_spec",
+    "hunyuan_video_15": "videogrpo.models.hunyuan_video_15:HunyuanVideo15Generator.from_spec",
+    "ltx": "videogrpo.models.ltx:LTXGenerator.from_spec",
 }
 MODELS = Registry("model.type", BUILTIN_MODELS, "videogrpo.models")
 
@@ -43,21 +45,42 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def model_spec(config: ModelConfig, sampling: SamplingConfig) -> ModelSpec:
+def model_spec(
+    config: ModelConfig, sampling: SamplingConfig, memory: MemoryConfig | None = None
+) -> ModelSpec:
+    memory_spec = MemorySpec()
+    if memory is not None:
+        memory_spec = MemorySpec(
+            offload=memory.offload,
+            gradient_checkpointing=memory.gradient_checkpointing,
+            vae_slicing=memory.vae_slicing,
+            vae_tiling=memory.vae_tiling,
+            text_cache_dir=memory.text_cache_dir,
+        )
     return ModelSpec(
         path=config.path,
         options=dict(config.options),
         dtype=DTYPES[config.dtype],
+        text_encoder_dtype=DTYPES[config.text_encoder_dtype],
+        vae_dtype=DTYPES[config.vae_dtype],
         device=resolve_device(config.device),
         num_frames=sampling.num_frames,
         height=sampling.height,
         width=sampling.width,
+        attention_backend=config.attention_backend,
+        compile=config.compile,
+        memory=memory_spec,
     )
 
 
-def build_model(config: ModelConfig, sampling: SamplingConfig) -> VideoGenerator:
-    """The configured backbone, frozen, in eval mode (no trainable part switched on yet)."""
-    model = MODELS.resolve(config.type)(model_spec(config, sampling))
+def build_model(
+    config: ModelConfig, sampling: SamplingConfig, memory: MemoryConfig | None = None
+) -> VideoGenerator:
+    """The configured backbone, frozen, in eval mode (no trainable part switched on yet).
+
+    `memory` (the config's section) is for training runs; without it the backbone gets the
+    defaults of `MemorySpec` (inference: `videogrpo sample`, `eval`)."""
+    model = MODELS.resolve(config.type)(model_spec(config, sampling, memory))
     if not isinstance(model, VideoGenerator):
         missing = [name for name in _protocol_members() if not hasattr(model, name)]
         raise UserError(

@@ -95,7 +95,7 @@ class RunResult:
 def load_model(config: TrainConfig) -> VideoGenerator:
     """The configured backbone with its trainable part (LoRA or full) switched on."""
     check_input_path(config.model.path, "model.path")
-    model = build_model(config.model, config.sampling)
+    model = build_model(config.model, config.sampling, config.memory)
     if config.model.finetune == "lora":
         check_lora_rank(model, config.model.lora_rank)
     return enable_training(model, config.model)
@@ -310,6 +310,10 @@ def _run(
     model = load_model(config)
     reward = load_reward(config)
     check_prompts(reward, [*train_prompts, *eval_prompts])
+    cache_prompts = getattr(model, "cache_prompts", None)
+    if config.memory.text_cache_dir and cache_prompts is not None:
+        # Encode every prompt once, up front: afterwards the text encoder never runs again.
+        cache_prompts([*train_prompts, *eval_prompts, config.sampling.negative_prompt])
     trainer = GRPOTrainer(config, model, reward, train_prompts)
     check_run_fits(config, model, trainer.kl.needs_rollout_means, len(eval_prompts))
     resumed = point is not None and point.state is not None

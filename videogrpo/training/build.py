@@ -31,6 +31,7 @@ def step_settings(config: TrainConfig) -> StepSettings:
             guidance_scale=sampling.guidance_scale,
             sigma_clamp=sampling.sigma_clamp,
             log_prob_reduction=config.policy.log_prob_reduction,
+            micro_batch_size=config.memory.micro_batch_size,
         )
         settings.variances  # noqa: B018 (computed and cached here, on purpose)
     except ValueError as error:

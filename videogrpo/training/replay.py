@@ -46,20 +46,21 @@ def replay(
     log_probs = torch.full_like(batch.trajectories.log_probs, float("nan"))
     for k in range(settings.num_steps):
         for chunk in batch.chunks if chunks is None else chunks:
-            rows = chunk[batch.trained[chunk, k]]
-            if rows.numel() == 0:
+            trained_rows = chunk[batch.trained[chunk, k]]
+            if trained_rows.numel() == 0:
                 continue
-            step = policy_step(
-                model,
-                settings,
-                k,
-                states[k, rows].to(model.device),
-                batch.conditioning.select(rows),
-                prev_sample=states[k + 1, rows].to(model.device),
-            )
-            if means is not None:
-                means[k, rows] = step.out.mean.to(means.device)
-            log_probs[k, rows] = step.out.log_prob.to(log_probs.device)
+            for rows in settings.model_batches(trained_rows):
+                step = policy_step(
+                    model,
+                    settings,
+                    k,
+                    states[k, rows].to(model.device),
+                    batch.conditioning.select(rows),
+                    prev_sample=states[k + 1, rows].to(model.device),
+                )
+                if means is not None:
+                    means[k, rows] = step.out.mean.to(means.device)
+                log_probs[k, rows] = step.out.log_prob.to(log_probs.device)
     return means, log_probs
 
 

@@ -33,15 +33,19 @@ class Trajectories:
         return self.states[-1]
 
 
-def row_batches(chunk: Tensor, trained_at_step: Tensor) -> list[Tensor]:
-    """The model batches for one step of one chunk: rows that train this step, then the others.
+def row_batches(
+    chunk: Tensor, trained_at_step: Tensor, settings: StepSettings | None = None
+) -> list[Tensor]:
+    """The model batches for one step of one chunk: rows that train this step, then the others
+    (each split into `settings.micro_batch_size` pieces when set).
 
-    The update recomputes exactly the first batch, so grouping the rollout this way makes its
+    The update recomputes exactly the first batches, so grouping the rollout this way makes its
     floats bitwise equal to the replay's.
     """
     trained = chunk[trained_at_step[chunk]]
     untrained = chunk[~trained_at_step[chunk]]
-    return [rows for rows in (trained, untrained) if rows.numel()]
+    split = settings.model_batches if settings is not None else (lambda rows: [rows])
+    return [piece for rows in (trained, untrained) if rows.numel() for piece in split(rows)]
 
 
 def noise_streams(seeds: list[int]) -> list[torch.Generator]:
@@ -159,7 +163,7 @@ def _denoise(
         current, following = (k, k + 1) if record else (0, 0)
         next_states = torch.empty_like(states[current])
         for chunk in chunks:
-            for rows in row_batches(chunk, trained[:, k]):
+            for rows in row_batches(chunk, trained[:, k], settings):
                 step = policy_step(
                     model,
                     settings,

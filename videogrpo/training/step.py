@@ -27,6 +27,9 @@ class StepSettings:
     guidance_scale: float = 1.0
     sigma_clamp: float = sde.DEFAULT_SIGMA_CLAMP
     log_prob_reduction: str = "mean"
+    # Samples per model call (0: all rows of a step at once). Batch composition decides the
+    # floats, so rollout, replay and update split rows the same way through `model_batches`.
+    micro_batch_size: int = 0
 
     @property
     def num_steps(self) -> int:
@@ -46,6 +49,12 @@ class StepSettings:
 
     def sigma_pair(self, k: int) -> tuple[float, float]:
         return self.sigmas[k].item(), self.sigmas[k + 1].item()
+
+    def model_batches(self, rows: Tensor) -> list[Tensor]:
+        """`rows` as the model is called on them: at once, or `micro_batch_size` at a time."""
+        if self.micro_batch_size and rows.numel() > self.micro_batch_size:
+            return list(rows.split(self.micro_batch_size))
+        return [rows]
 
 
 @dataclass

@@ -20,6 +20,7 @@ from videogrpo.core.curriculum import CurriculumResult
 from videogrpo.models.base import VideoGenerator
 from videogrpo.rewards.base import RewardModel
 from videogrpo.training import build
+from videogrpo.training.prompts import PromptOrder
 from videogrpo.training.replay import UpdateBatch, keep_extremes
 from videogrpo.training.rollout import sample_trajectories
 from videogrpo.training.scoring import decode_and_score
@@ -79,6 +80,7 @@ class GRPOTrainer:
         self.storage = torch.device("cpu") if config.memory.trajectory_device == "cpu" else None
         # Separate streams so that, e.g., changing the selection never changes the prompts.
         self.data_generator = torch.Generator().manual_seed(config.run.seed)
+        self.prompt_order = PromptOrder(config.data.order, len(self.prompts), config.run.seed)
         self.selection_generator = torch.Generator().manual_seed(config.run.seed + 1)
 
     # ------------------------------------------------------------------ one iteration
@@ -86,10 +88,8 @@ class GRPOTrainer:
     def next_prompts(self) -> tuple[list[str], list[int]]:
         """B prompts drawn from the training set, each repeated G times (groups contiguous)."""
         data = self.config.data
-        picks = torch.randint(
-            len(self.prompts), (data.prompts_per_iteration,), generator=self.data_generator
-        )
-        prompts = [self.prompts[i] for i in picks.tolist() for _ in range(data.group_size)]
+        picks = self.prompt_order.draw(data.prompts_per_iteration, self.data_generator)
+        prompts = [self.prompts[i] for i in picks for _ in range(data.group_size)]
         seeds = torch.randint(2**31 - 1, (len(prompts),), generator=self.data_generator).tolist()
         return prompts, seeds
 
@@ -269,6 +269,7 @@ class GRPOTrainer:
             "curriculum": self.curriculum.state_dict(),
             "data_generator": self.data_generator.get_state(),
             "selection_generator": self.selection_generator.get_state(),
+            "prompt_order": self.prompt_order.state_dict(),
             **self.kl.state_dict(),
         }
 
@@ -280,4 +281,6 @@ class GRPOTrainer:
         self.curriculum.load_state_dict(state["curriculum"])
         self.data_generator.set_state(state["data_generator"])
         self.selection_generator.set_state(state["selection_generator"])
+        if "prompt_order" in state:  # checkpoints before data.order had only random draws
+            self.prompt_order.load_state_dict(state["prompt_order"])
         self.kl.load_state_dict(state)

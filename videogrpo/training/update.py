@@ -64,51 +64,52 @@ def policy_update(
             coef = kl.coefficient()
             step_kl = 0.0
             for k in torch.nonzero(batch.trained[chunk].any(dim=0)).flatten().tolist():
-                rows = chunk[batch.trained[chunk, k]]
-                n = rows.numel()
-                step = policy_step(
-                    model,
-                    settings,
-                    k,
-                    trajectories.states[k, rows].to(model.device),
-                    batch.conditioning.select(rows),
-                    prev_sample=trajectories.states[k + 1, rows].to(model.device),
-                )
-                step.velocity.retain_grad()
-                loss, stats = clipped_policy_loss(
-                    step.out.log_prob,
-                    trajectories.log_probs[k, rows].to(step.out.log_prob.device),
-                    batch.advantages[rows].to(step.out.log_prob.device),
-                    loss_settings.clip_range,
-                    weights=loss_settings.step_weights[k].expand(n),
-                )
-                per_sample = kl.terms(
-                    k, rows, step.out.mean, step.out.log_prob, trajectories, reference_means
-                )
-                terms = {name: value.mean() for name, value in per_sample.items()}
-                if kl.clock == "sample_step" and per_sample:
-                    pair_kl = kl.combine(per_sample)
-                    lambdas = kl.coefficients_for(pair_kl.detach())
-                    kl_value, penalty = pair_kl.mean(), (lambdas * pair_kl).mean()
-                    sums["kl/coef_sum"] += float(lambdas.sum())
-                else:
-                    kl_value = kl.combine(terms)
-                    penalty = None if kl_value is None else coef * kl_value
-                total = loss if penalty is None else loss + penalty
-                (total * (n / pairs)).backward()
+                step_rows = chunk[batch.trained[chunk, k]]
+                for rows in settings.model_batches(step_rows):  # gradients accumulate
+                    n = rows.numel()
+                    step = policy_step(
+                        model,
+                        settings,
+                        k,
+                        trajectories.states[k, rows].to(model.device),
+                        batch.conditioning.select(rows),
+                        prev_sample=trajectories.states[k + 1, rows].to(model.device),
+                    )
+                    step.velocity.retain_grad()
+                    loss, stats = clipped_policy_loss(
+                        step.out.log_prob,
+                        trajectories.log_probs[k, rows].to(step.out.log_prob.device),
+                        batch.advantages[rows].to(step.out.log_prob.device),
+                        loss_settings.clip_range,
+                        weights=loss_settings.step_weights[k].expand(n),
+                    )
+                    per_sample = kl.terms(
+                        k, rows, step.out.mean, step.out.log_prob, trajectories, reference_means
+                    )
+                    terms = {name: value.mean() for name, value in per_sample.items()}
+                    if kl.clock == "sample_step" and per_sample:
+                        pair_kl = kl.combine(per_sample)
+                        lambdas = kl.coefficients_for(pair_kl.detach())
+                        kl_value, penalty = pair_kl.mean(), (lambdas * pair_kl).mean()
+                        sums["kl/coef_sum"] += float(lambdas.sum())
+                    else:
+                        kl_value = kl.combine(terms)
+                        penalty = None if kl_value is None else coef * kl_value
+                    total = loss if penalty is None else loss + penalty
+                    (total * (n / pairs)).backward()
 
-                step_norm_sums[k] += float(step.velocity.grad.flatten(1).norm(dim=1).sum())
-                step_counts[k] += n
-                sums["policy/loss"] += float(loss.detach()) * n
-                for name in ("clip_frac", "clip_frac_pos", "clip_frac_neg", "approx_kl"):
-                    sums[f"policy/{name}"] += float(getattr(stats, name)) * n
-                sums["policy/ratio_mean"] += float(stats.ratio_mean) * n
-                sums["policy/ratio_max"] = max(sums["policy/ratio_max"], float(stats.ratio_max))
-                for name, value in terms.items():
-                    sums[f"kl/{name}"] += float(value.detach()) * n
-                if kl_value is not None:
-                    step_kl += float(kl_value.detach()) * n / pairs
-                total_pairs += n
+                    step_norm_sums[k] += float(step.velocity.grad.flatten(1).norm(dim=1).sum())
+                    step_counts[k] += n
+                    sums["policy/loss"] += float(loss.detach()) * n
+                    for name in ("clip_frac", "clip_frac_pos", "clip_frac_neg", "approx_kl"):
+                        sums[f"policy/{name}"] += float(getattr(stats, name)) * n
+                    sums["policy/ratio_mean"] += float(stats.ratio_mean) * n
+                    sums["policy/ratio_max"] = max(sums["policy/ratio_max"], float(stats.ratio_max))
+                    for name, value in terms.items():
+                        sums[f"kl/{name}"] += float(value.detach()) * n
+                    if kl_value is not None:
+                        step_kl += float(kl_value.detach()) * n / pairs
+                    total_pairs += n
             grad_norm = torch.nn.utils.clip_grad_norm_(parameters, loss_settings.grad_clip)
             sums["grad/norm"] += float(grad_norm)
             optimizer.step()
