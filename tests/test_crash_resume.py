@@ -22,6 +22,7 @@ import pytest
 import torch
 from conftest import PRESETS_DIR, tiny_settings
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from videogrpo.runs.checkpoint import find_checkpoint, load_state
 
@@ -158,6 +159,12 @@ def test_a_kill_at_each_named_point_resumes_to_the_uninterrupted_result(
     code, err = killable.run(args, tmp_path / "logs")
     assert code == 0, err
     assert_same_results(run_dir, reference[0])
+    # TensorBoard: the steps a killed process logged after its checkpoint are purged on resume,
+    # so each iteration shows once (kills at checkpoint_write:2 and mid_update:2 left a step 2).
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    steps = [event.step for event in events.Scalars("reward/composite_mean")]
+    assert steps == [1, 2, 3]
 
 
 def test_kills_at_random_instants_resume_to_the_uninterrupted_result(

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import stat
 
 import pytest
 import torch
@@ -238,3 +240,14 @@ def test_weights_that_overflow_stop_the_run_with_the_last_good_checkpoint(
     code, err = resume(capsys, run_dir)
     assert code == 0, err
     assert non_time_metrics(run_dir) == non_time_metrics(finished[0])
+
+
+def test_every_file_of_a_run_gets_the_mode_the_umask_gives(finished):
+    """safetensors and mkstemp write 0600; weights, videos and the report of a run should be
+    readable by whoever may read the rest of it (issue 17 saw 0600 beside 0644)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    files = [p for p in finished[0].rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files) and any(p.suffix == ".gif" for p in files)
+    modes = {p.relative_to(finished[0]): stat.S_IMODE(p.stat().st_mode) for p in files}
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)
