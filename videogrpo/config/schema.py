@@ -232,6 +232,11 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         raise UserError(f"--set {dotted}: value {raw!r} is not valid YAML ({reason})") from error
 
 
+def _bound(value: float) -> str:
+    """An integer bound exactly (2^63 − 1 must not read 9.22e18), a float one briefly."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 def describe(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
     """(key, default, help) for every setting, for docs and `videogrpo train --list-settings`."""
     rows = []
@@ -247,5 +252,12 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
         choices = field.metadata.get("choices")
         if choices:
             help_text += f" [choices: {', '.join(map(str, choices))}]"
+        bounds = [
+            f"{sign} {_bound(field.metadata[name])}"
+            for name, sign in (("ge", ">="), ("gt", ">"), ("le", "<="))
+            if field.metadata.get(name) is not None
+        ]
+        if bounds:
+            help_text += f" [{', '.join(bounds)}]"
         rows.append((key, getattr(defaults, field.name), help_text))
     return rows
