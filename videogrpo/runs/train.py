@@ -1,46 +1,84 @@
 """A training run on disk: run directory, eval before/after, checkpoints, resume, summary, report.
 
 `train(config)` is what `videogrpo train` and the Python API call. Everything a run writes lives
-in its directory (layout in docs/report.md); checkpoints and summaries are written atomically, and
-nothing is created until the config, model and prompts have been validated.
+in its directory (layout in docs/report.md). Nothing is created, and on resume nothing changes,
+until the config, model, prompts, checkpoint and logs have all been read and checked; one
+process at a time may use a run directory (runs/rundir.py); checkpoints survive a kill at any
+instant (runs/checkpoint.py); SIGTERM or Ctrl-C stops after the current iteration with a
+checkpoint (runs/stopping.py). docs/reliability.md lists the guarantees and their tests.
 """
 
 from __future__ import annotations
 
 import json
-import time
 import logging
+import time
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from videogrpo.runs.checkpoint import (
-    load_state,
-    restore_rng_state,
-    rng_state,
-    save_state,
-    write_atomically,
-    write_text_atomically,
-)
+from videogrpo import faults
 from videogrpo.config import TrainConfig, config_to_yaml, load_config
 from videogrpo.config.schema import to_dict
-from videogrpo.errors import UserError
+from videogrpo.errors import RunStopped, UserError
 from videogrpo.models.base import VideoGenerator
 from videogrpo.models.registry import build_model, enable_training
 from videogrpo.rewards.base import RewardModel
 from videogrpo.rewards.registry import build_reward, effective_weights
+from videogrpo.runs.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    promote_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+    write_atomically,
+    write_text_atomically,
+)
 from videogrpo.runs.evaluation import EvalResult, evaluate
+from videogrpo.runs.resources import check_lora_rank, check_run_fits
+from videogrpo.runs.resume import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    EVAL_FILE,
+    MAX_REASON_CHARS,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    ResumePoint,
+    check_resumable,
+    finished_iterations,
+    prepare_run,
+    read_resume_point,
+    refuse_existing_run,
+    refuse_finished_run,
+    restore,
+    saved_config,
+)
+from videogrpo.runs.rundir import (
+    RunLock,
+    check_input_path,
+    clear_run_dir,
+    create_run_dir,
+)
+from videogrpo.runs.stopping import GracefulStop
+from videogrpo.runs.tracking import (
+    NONFINITE_KEY,
+    MetricsLog,
+    dumps_strict,
+    records_through,
+    strict_json,
+)
+from videogrpo.runs.video_io import write_gif
 from videogrpo.training.build import eval_step_settings
 from videogrpo.training.prompts import load_prompts
-from videogrpo.runs.tracking import MetricsLog
 from videogrpo.training.trainer import GRPOTrainer, IterationResult, RewardsFailed
-from videogrpo.runs.video_io import write_gif
 
-CONFIG_FILE = "config.yaml"
-CHECKPOINT_DIR = "checkpoint"
+TENSORBOARD_DIR = "tensorboard"
+REPORT_FILE = "report.html"
+DIVERGED_EXIT_CODE = 3  # a run stopped because its weights overflowed (not bad input: 2)
+REWARDS_FAILED_EXIT_CODE = 4  # stopped because the reward scored no sample of an iteration
 ROLLOUT_GROUPS_SAVED = 2  # groups of each saved rollout written as GIFs (auditing, not stats)
 # A stopped run's message names the first reasons its reward calls failed, each cut short.
 REASONS_SHOWN, REASON_CHARACTERS = 2, 200
@@ -56,9 +94,11 @@ class RunResult:
 
 def load_model(config: TrainConfig) -> VideoGenerator:
     """The configured backbone with its trainable part (LoRA or full) switched on."""
-    return enable_training(
-        build_model(config.model, config.sampling, config.memory), config.model
-    )
+    check_input_path(config.model.path, "model.path")
+    model = build_model(config.model, config.sampling, config.memory)
+    if config.model.finetune == "lora":
+        check_lora_rank(model, config.model.lora_rank)
+    return enable_training(model, config.model)
 
 
 def load_for_inference(
@@ -72,6 +112,7 @@ def load_for_inference(
         model_config = replace(model_config, type=model_type, options={})
     if model_dir is not None:
         model_config = replace(model_config, path=model_dir)
+    check_input_path(model_config.path, "--model" if model_dir is not None else "model.path")
     model = build_model(model_config, config.sampling)
     if run_dir is not None:
         apply_run_weights(model, Path(run_dir))
@@ -79,7 +120,7 @@ def load_for_inference(
 
 
 def read_run_config(run_dir: Path) -> TrainConfig:
-    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / CHECKPOINT_DIR).is_dir():
+    if not (run_dir / CONFIG_FILE).is_file() or find_checkpoint(run_dir / CHECKPOINT_DIR) is None:
         raise UserError(f"{run_dir} is not a run directory with a checkpoint")
     return load_config(run_dir / CONFIG_FILE)
 
@@ -87,7 +128,15 @@ def read_run_config(run_dir: Path) -> TrainConfig:
 def apply_run_weights(model: VideoGenerator, run_dir: Path) -> None:
     """Give a freshly loaded base model the latest trained weights of a run."""
     enable_training(model, read_run_config(run_dir).model)
-    model.load_trainable_state_dict(load_state(run_dir / CHECKPOINT_DIR)["trainer"]["weights"])
+    loaded = load_checkpoint(run_dir / CHECKPOINT_DIR)
+    assert loaded is not None, "read_run_config found it"
+    try:
+        model.load_trainable_state_dict(loaded[0]["trainer"]["weights"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        reason = " ".join(str(error).split())[:MAX_REASON_CHARS]
+        raise UserError(
+            f"the weights in {loaded[1].path} do not fit this model ({reason})"
+        ) from error
     model.eval()
 
 
@@ -173,7 +222,7 @@ def save_eval(run_dir: Path, iteration: int, result: EvalResult, log: MetricsLog
         index.append(
             {"file": name, "prompt": result.prompts[i], "seed": result.seeds[i], "rewards": rewards}
         )
-    write_text_atomically(folder / "prompts.json", json.dumps(index, indent=1) + "\n")
+    write_text_atomically(folder / "prompts.json", dumps_strict(index, indent=1) + "\n")
 
 
 def save_rollout(run_dir: Path, iteration: int, result: IterationResult, group_size: int) -> None:
@@ -193,7 +242,7 @@ def save_rollout(run_dir: Path, iteration: int, result: IterationResult, group_s
                 {"file": name, "rewards": rewards, "advantage": float(result.advantages[i])}
             )
         groups.append({"prompt": result.prompts[g * group_size], "samples": samples})
-    write_text_atomically(folder / "rewards.json", json.dumps(groups, indent=1) + "\n")
+    write_text_atomically(folder / "rewards.json", dumps_strict(groups, indent=1) + "\n")
 
 
 def summary_of(result: EvalResult) -> dict[str, float]:
@@ -201,55 +250,56 @@ def summary_of(result: EvalResult) -> dict[str, float]:
     return {key: result.summary[key] for key in result.rewards}
 
 
-def default_run_name(config_path: str | None, seed: int) -> str:
-    preset = Path(config_path).stem if config_path else "default"
-    return f"{preset}-seed{seed}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def prepare_run(config_path: str | None, overrides: list[str]) -> tuple[TrainConfig, Path]:
-    """Validate everything, then create the run directory (never half-made on bad input)."""
-    config = load_config(config_path, overrides)
-    name = config.run.name or default_run_name(config_path, config.run.seed)
-    run_dir = Path(config.run.output_dir) / name
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(
-            f"run directory {run_dir} already exists; resume it with --resume {run_dir}"
-        )
-    return config, run_dir
-
-
-def refuse_finished_run(run_dir: Path, iterations: int) -> None:
-    """A finished run resumed without more iterations would only redo its final eval."""
-    summary_file = run_dir / "summary.json"
-    if not summary_file.is_file():
-        return
-    done = json.loads(summary_file.read_text())["iterations"]
-    if iterations <= done:
-        raise UserError(
-            f"run {run_dir} already finished {done} iterations; to continue it, raise the total: "
-            f"--resume {run_dir} --set run.iterations={done + iterations}"
-        )
-
-
 def train(
     config_path: str | None = None,
     overrides: list[str] | None = None,
     resume: str | Path | None = None,
     progress: bool = True,
+    restart: str | Path | None = None,
 ) -> RunResult:
-    """Run (or resume) GRPO training; returns the run directory and summary.json's content."""
+    """Run, resume or restart GRPO training; returns the run directory and summary.json's content.
+
+    `resume`: continue RUN_DIR from its newest complete checkpoint (from the start if it has
+    none). `restart`: empty RUN_DIR and start it over with its saved config. Either way the run
+    directory is locked for this process, and nothing in it changes until everything has been
+    read and checked.
+    """
+    faults.planned()  # a malformed fault request fails before anything runs
+    overrides = overrides or []
+    point = None
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise UserError(
-                f"cannot resume {run_dir}: no {CONFIG_FILE} there; pass a run directory"
-            )
-        if not (run_dir / CHECKPOINT_DIR).is_dir():
-            raise UserError(f"cannot resume {run_dir}: it has no checkpoint yet; start a new run")
-        config = load_config(run_dir / CONFIG_FILE, overrides)
-        refuse_finished_run(run_dir, config.run.iterations)
+        config = saved_config(run_dir, overrides, "resume")
+        check_resumable(run_dir, config)
+    elif restart is not None:
+        run_dir = Path(restart)
+        config = saved_config(run_dir, overrides, "restart")
     else:
-        config, run_dir = prepare_run(config_path, overrides or [])
+        config, run_dir = prepare_run(config_path, overrides)
+    lock = RunLock(run_dir)
+    try:
+        if run_dir.is_dir():  # a new run's is created (and locked) once everything is checked
+            lock.acquire()
+        if resume is not None:
+            done = finished_iterations(run_dir)
+            if done is not None and config.run.iterations <= done:
+                if (run_dir / REPORT_FILE).is_file():
+                    refuse_finished_run(run_dir, done, config.run.iterations)
+                return finish_report(run_dir)  # killed after summary.json, before the report
+            point = read_resume_point(run_dir)
+        return _run(config, run_dir, point, lock, restart is not None, progress)
+    finally:
+        lock.release()
+
+
+def _run(
+    config: TrainConfig,
+    run_dir: Path,
+    point: ResumePoint | None,
+    lock: RunLock,
+    restart: bool,
+    progress: bool,
+) -> RunResult:
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     torch.manual_seed(config.run.seed)
@@ -265,20 +315,54 @@ def train(
         # Encode every prompt once, up front: afterwards the text encoder never runs again.
         cache_prompts([*train_prompts, *eval_prompts, config.sampling.negative_prompt])
     trainer = GRPOTrainer(config, model, reward, train_prompts)
+    check_run_fits(config, model, trainer.kl.needs_rollout_means, len(eval_prompts))
+    resumed = point is not None and point.state is not None
+    if resumed:
+        restore(trainer, run_dir, point.state)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # Everything is checked: from here on the run directory changes.
+    if not lock.held:  # a new run: create, lock, make sure no other process got there first
+        create_run_dir(run_dir)
+        lock.acquire()
+        if any(run_dir.iterdir()):
+            refuse_existing_run(run_dir)
+    if restart:
+        clear_run_dir(run_dir, CONFIG_FILE)
+    if resumed:
+        promote_checkpoint(point.found, run_dir / CHECKPOINT_DIR)
     write_text_atomically(run_dir / CONFIG_FILE, config_to_yaml(config))
-    metrics = MetricsLog(run_dir / "metrics.jsonl", run_dir / "tensorboard")
-    evals = MetricsLog(run_dir / "eval.jsonl")
-    wall_before = 0.0
-    eval_before = None
-    if resume is not None:
-        state = load_state(run_dir / CHECKPOINT_DIR)
-        trainer.load_state_dict(state["trainer"])
-        restore_rng_state(state["rng"])
-        wall_before, eval_before = state["wall_seconds"], state["eval_before"]
-        metrics.truncate_after(trainer.iteration)
-        evals.truncate_after(trainer.iteration)
+    metrics = MetricsLog(
+        run_dir / METRICS_FILE,
+        run_dir / TENSORBOARD_DIR,
+        purge_step=None if point is None else trainer.iteration + 1,
+    )
+    evals = MetricsLog(run_dir / EVAL_FILE)
+    if point is not None:
+        metrics.keep_only(point.metrics_lines)
+        evals.keep_only(point.eval_lines)
+    try:
+        with GracefulStop() as stop:
+            return _train_loop(
+                config, run_dir, trainer, point, eval_prompts, metrics, evals, stop, progress
+            )
+    finally:
+        metrics.close()
+
+
+def _train_loop(
+    config: TrainConfig,
+    run_dir: Path,
+    trainer: GRPOTrainer,
+    point: ResumePoint | None,
+    eval_prompts: list[str],
+    metrics: MetricsLog,
+    evals: MetricsLog,
+    stop: GracefulStop,
+    progress: bool,
+) -> RunResult:
+    state = point.state if point is not None and point.state is not None else None
+    wall_before = 0.0 if state is None else state["wall_seconds"]
+    eval_before = None if state is None else state["eval_before"]
     started = time.monotonic() - wall_before
     group_size = config.data.group_size
 
@@ -289,13 +373,24 @@ def train(
             "wall_seconds": time.monotonic() - started,
             "eval_before": eval_before,
         }
-        write_atomically(run_dir / CHECKPOINT_DIR, lambda tmp: save_state(tmp, state))
+        save_checkpoint(run_dir / CHECKPOINT_DIR, state, step=trainer.iteration)
+
+    def stop_if_asked() -> None:
+        if stop.received is not None:
+            raise RunStopped(
+                f"stopped by {stop.received.name} after iteration {trainer.iteration} of "
+                f"{config.run.iterations}, checkpoint saved; continue with: videogrpo train "
+                f"--resume {run_dir}",
+                stop.exit_code,
+            )
 
     if eval_before is None:
         before = run_eval(trainer, eval_prompts, config.eval.videos)
         save_eval(run_dir, 0, before, evals)
+        faults.reached("eval_before", 0)
         eval_before = summary_of(before)
         checkpoint()
+        stop_if_asked()
 
     bar = tqdm(
         total=config.run.iterations,
@@ -310,19 +405,28 @@ def train(
         videos_due = bool(config.run.videos_every) and iteration % config.run.videos_every == 0
         rng_before = rng_state()
         try:
-            result = trainer.step(keep_videos=ROLLOUT_GROUPS_SAVED * group_size if videos_due else 0)
+            result = trainer.step(
+                keep_videos=ROLLOUT_GROUPS_SAVED * group_size if videos_due else 0
+            )
         except RewardsFailed as failure:  # keep every completed iteration, then stop
             restore_rng_state(rng_before)
             checkpoint()
-            metrics.close()
-            raise UserError(rewards_failed_message(run_dir, failure)) from failure
+            message = rewards_failed_message(run_dir, failure)
+            raise RunStopped(message, REWARDS_FAILED_EXIT_CODE) from failure
+        except ValueError as error:  # e.g. the KL controller refusing a NaN KL
+            if weights_finite(trainer):
+                raise
+            raise diverged(run_dir, iteration) from error
+        if not weights_finite(trainer):
+            raise diverged(run_dir, iteration)
         metrics.write(iteration, result.metrics)
         if videos_due:
             save_rollout(run_dir, iteration, result, group_size)
         eval_due = config.run.eval_every and iteration % config.run.eval_every == 0
         if eval_due and iteration < config.run.iterations:
             save_eval(run_dir, iteration, run_eval(trainer, eval_prompts), evals)
-        if iteration % config.run.checkpoint_every == 0 or iteration == config.run.iterations:
+        checkpoint_due = iteration % config.run.checkpoint_every == 0
+        if checkpoint_due or iteration == config.run.iterations or stop.received is not None:
             checkpoint()
         m = result.metrics
         bar.set_postfix(
@@ -332,15 +436,17 @@ def train(
             clip=f"{m['policy/clip_frac']:.2f}",
         )
         bar.update(1)
+        stop_if_asked()
     bar.close()
 
     after = run_eval(trainer, eval_prompts, config.eval.videos)
-    evals.truncate_after(trainer.iteration - 1)  # a final eval a crash left behind is redone
+    evals.keep_only(records_through(evals.path, trainer.iteration - 1))  # a crash's final eval
     save_eval(run_dir, trainer.iteration, after, evals)
     if config.model.finetune == "lora":
         write_atomically(run_dir / "lora", trainer.model.save_lora)
     else:  # the whole fine-tuned model, loadable by `videogrpo eval/sample --model RUN/model`
         write_atomically(run_dir / "model", trainer.model.save_pretrained)
+    faults.reached("final_writes", trainer.iteration)
     summary = {
         "config": to_dict(config),
         "iterations": trainer.iteration,
@@ -349,9 +455,37 @@ def train(
         "reward_failed_samples": failed_samples(run_dir),
         "wall_seconds": round(time.monotonic() - started, 1),
     }
-    write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    metrics.close()
+    (run_dir / REPORT_FILE).unlink(missing_ok=True)  # a continued run's old report is stale
+    summary, nonfinite = strict_json(summary)
+    if nonfinite:
+        summary[NONFINITE_KEY] = nonfinite
+        logger.warning(
+            "%s: %d non-finite held-out numbers written as null", SUMMARY_FILE, nonfinite
+        )
+    write_text_atomically(run_dir / SUMMARY_FILE, dumps_strict(summary, indent=2) + "\n")
+    return finish_report(run_dir)
+
+
+def weights_finite(trainer: GRPOTrainer) -> bool:
+    """NaN-safety: no checkpoint or log ever holds weights an overflow has destroyed."""
+    return all(bool(p.isfinite().all()) for p in trainer.model.trainable_parameters())
+
+
+def diverged(run_dir: Path, iteration: int) -> RunStopped:
+    """Iteration `iteration` overflowed the weights: stop, keeping the last checkpoint."""
+    found = find_checkpoint(run_dir / CHECKPOINT_DIR)
+    kept = "no checkpoint" if found is None else f"the checkpoint of iteration {found.step}"
+    return RunStopped(
+        f"iteration {iteration} diverged (the trained weights are no longer finite); the run "
+        f"stopped with {kept} kept; lower optim.lr (or sampling.eta, the KL or reward scales) "
+        f"and continue with: videogrpo train --resume {run_dir} --set optim.lr=...",
+        DIVERGED_EXIT_CODE,
+    )
+
+
+def finish_report(run_dir: Path) -> RunResult:
+    """The last write of a run: report.html, from what the run directory holds."""
     from videogrpo.runs.report import write_report
 
     write_report(run_dir)
-    return RunResult(run_dir, summary)
+    return RunResult(run_dir, json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8")))
