@@ -83,8 +83,9 @@ def test_a_config_file_that_is_not_a_mapping_is_a_user_error(tmp_path):
 @pytest.mark.parametrize("text", ["1e-4", "1E-4", "+1e-4", "5e+2"])
 def test_scientific_notation_without_a_dot_is_a_number(text):
     """`--set optim.lr=1e-4` is the documented example, but PyYAML (YAML 1.1) reads 1e-4 as a
-    string; guards the bug where that example was rejected as 'expected a number'."""
-    assert load_config(None, [f"optim.lr={text}"]).optim.lr == float(text)
+    string; guards the bug where that example was rejected as 'expected a number'. (grad_clip:
+    a float setting with no upper bound, so 5e+2 is in range.)"""
+    assert load_config(None, [f"optim.grad_clip={text}"]).optim.grad_clip == float(text)
 
 
 def test_saved_config_yaml_loads_back_equal(tmp_path):

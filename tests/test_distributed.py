@@ -25,13 +25,12 @@ from videogrpo.distributed.spawn import run_local
 from videogrpo.distributed.world import World, init_world
 from videogrpo.errors import UserError
 from videogrpo.runs.checkpoint import (
+    load_checkpoint,
     restore_rng_state,
     rng_state,
-    save_state,
-    temporary_folder,
-    write_atomically,
+    save_checkpoint,
 )
-from videogrpo.runs.ranks import read_checkpoint, sharded_checkpoint_writer
+from videogrpo.runs.ranks import fill_state, save_job_checkpoint
 from videogrpo.runs.train import load_reward, load_shared_model, train
 from videogrpo.training.prompts import load_prompts
 from videogrpo.training.trainer import GRPOTrainer
@@ -228,21 +227,17 @@ def checkpoint_then_continue(world: World, model_dir, output_dir, preset, overri
     folder = Path(output_dir) / "checkpoint"
     state = {"trainer": trainer.state_dict(), "rng": rng_state()}
     if world.size == 1:
-        write_atomically(folder, lambda tmp: save_state(tmp, state))
+        save_checkpoint(folder, state, step=1)
     else:
-        skeleton, write_tensors = sharded_checkpoint_writer(state, trainer.parallel)
-        if world.is_main:
-            write_atomically(folder, lambda tmp: (save_state(tmp, skeleton), write_tensors(tmp)))
-        else:
-            write_tensors(temporary_folder(folder))
-        world.barrier()
+        save_job_checkpoint(folder, state, 1, trainer.parallel)
     write_iteration(world, trainer, Path(output_dir) / "uninterrupted")
 
 
 def resume_then_continue(world: World, model_dir, output_dir, preset, overrides) -> None:
     """A fresh trainer loads the checkpoint of another world size and runs iteration 2."""
     trainer = make_trainer(world, model_dir, output_dir, preset, overrides)
-    state = read_checkpoint(Path(output_dir) / "checkpoint", trainer, trainer.parallel)
+    state, found = load_checkpoint(Path(output_dir) / "checkpoint")
+    state = fill_state(state, found.path, trainer, trainer.parallel)
     trainer.load_state_dict(state["trainer"])
     restore_rng_state(state["rng"])
     write_iteration(world, trainer, Path(output_dir) / "resumed")

@@ -151,7 +151,7 @@ def test_a_server_dying_mid_run_stops_it_after_a_good_checkpoint_and_resume_fini
     assert "call 6" in served_err
     run_dir = tmp_path / "runs/run"
     lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1, err
+    assert code == 4 and len(lines) == 1, err  # a run stopped with a checkpoint, not bad input
     assert "iteration 3: the reward failed for every sample" in lines[0]
     assert f"reward server {url} failed 2 tries" in lines[0]
     assert f"--resume {run_dir}" in lines[0]

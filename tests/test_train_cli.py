@@ -107,14 +107,14 @@ def test_resume_errors_name_the_directory(tmp_path, capsys):
     assert_one_line_error(code, err, str(missing))
     assert not missing.exists()
 
-    no_checkpoint = tmp_path / "fresh"
-    no_checkpoint.mkdir()
-    (no_checkpoint / "config.yaml").write_text("run:\n  iterations: 2\n")
-    code, _, err = run_cli(capsys, "train", "--resume", no_checkpoint)
-    assert_one_line_error(code, err, str(no_checkpoint), "checkpoint")
-
-    code, _, err = run_cli(capsys, "train", PRESETS_DIR / "sage.yaml", "--resume", no_checkpoint)
+    run_dir = tmp_path / "fresh"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("run:\n  iterations: 2\n")
+    code, _, err = run_cli(capsys, "train", PRESETS_DIR / "sage.yaml", "--resume", run_dir)
     assert_one_line_error(code, err, "--resume")
+    code, _, err = run_cli(capsys, "train", "--resume", run_dir, "--restart", run_dir)
+    assert_one_line_error(code, err, "--restart", "--resume")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]
 
 
 def test_an_existing_run_directory_is_not_overwritten(tiny_model_dir, tmp_path, capsys):

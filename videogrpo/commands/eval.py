@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from videogrpo.commands.sample import check_sampling_flags
+from videogrpo.config.settings import STEP_RULES
 
 HELP = "Evaluate a model on prompts (held-out by default) with fixed seeds; ODE by default."
 
@@ -23,7 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shift", type=float, default=3.0, help="schedule shift")
     parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance")
     parser.add_argument(
-        "--rule", default="ode", help="step rule (ode for eval; sage etc. for spread)"
+        "--rule",
+        default="ode",
+        choices=STEP_RULES,
+        help="step rule (ode for eval; sage etc. for spread)",
     )
     parser.add_argument("--eta", type=float, default=0.0, help="exploration scale η")
     parser.add_argument("--negative-prompt", default="", help="guidance's unconditional prompt")
@@ -33,22 +38,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from videogrpo.config import TrainConfig
+    from videogrpo.config.schema import check_setting
+
+    check_sampling_flags(args)
+    check_setting(TrainConfig, "eval.max_prompts", args.max_prompts, "--max-prompts")
+    check_setting(
+        TrainConfig, "eval.samples_per_prompt", args.samples_per_prompt, "--samples-per-prompt"
+    )
+
     from videogrpo.errors import UserError
     from videogrpo.rewards.registry import build_reward
     from videogrpo.runs.evaluation import evaluate
+    from videogrpo.runs.resources import check_eval_fits
+    from videogrpo.runs.rundir import check_output_file, check_output_folder
     from videogrpo.runs.train import load_for_inference, read_run_config
     from videogrpo.runs.video_io import write_gif
     from videogrpo.training.build import eval_step_settings
     from videogrpo.training.prompts import load_prompts
 
-    if args.samples_per_prompt < 1 or args.steps < 1:
-        raise UserError("--samples-per-prompt and --steps must be at least 1")
+    if args.json:
+        check_output_file(Path(args.json), "--json")
+    if args.videos:
+        check_output_folder(Path(args.videos), "--videos")
     config = TrainConfig() if args.run is None else read_run_config(Path(args.run))
     model = load_for_inference(args.model, args.run, args.model_type)
     reward = build_reward(config.reward)  # the run's reward, or the default one
     prompts = load_prompts(args.prompts)
     if args.max_prompts:
         prompts = prompts[: args.max_prompts]
+    check_eval_fits(model, len(prompts) * args.samples_per_prompt, "--samples-per-prompt")
     try:
         result = evaluate(
             model,
@@ -77,7 +95,13 @@ def run(args: argparse.Namespace) -> int:
     for key, value in result.summary.items():
         print(f"{key:<{width}}  {value:.4f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+        from videogrpo.runs.checkpoint import write_text_atomically
+        from videogrpo.runs.tracking import dumps_strict
+
+        try:
+            write_text_atomically(Path(args.json), dumps_strict(summary, indent=2) + "\n")
+        except OSError as error:
+            raise UserError(f"--json {args.json}: cannot write ({error.strerror})") from error
     if result.videos is not None:
         folder = Path(args.videos)
         folder.mkdir(parents=True, exist_ok=True)

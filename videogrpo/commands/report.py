@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from videogrpo.runs.report import write_report
-
 HELP = "Write RUN_DIR/report.html: curves, diagnostics and before/after eval videos of a run."
 
 
@@ -14,5 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from videogrpo.runs.report import write_report
+
     print(write_report(args.run_dir))
     return 0

@@ -23,6 +23,27 @@ KL_REFERENCES = ("none", "fixed", "moving", "stepwise", "dual")
 KL_SCHEDULES = ("constant", "two_stage", "linear_ramp", "adaptive")
 CURRICULA = ("static", "staged", "utility")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+# torch seeds are 64-bit (below 2⁶⁴); the trainer derives run.seed + 1 and eval adds each
+# sample's index to eval.seed, so seeds stop at 2⁶³ − 1 to leave that room.
+MAX_SEED = 2**63 - 1
+# torch.set_num_threads(10⁶) crashes OpenMP (measured); 1024 is more than any CPU has cores.
+MAX_THREADS = 1024
+# Flow-matching schedulers are trained on 1000 timesteps (num_train_timesteps = 1000 in every
+# diffusers flow-matching config): finer grids add cost, not resolution.
+MAX_STEPS = 1000
+# An order of magnitude above the classifier-free guidance scales in use (Wan 2.1: 5,
+# HunyuanVideo and CogVideoX: 6); far above, the guided velocity overflows to NaN videos.
+MAX_GUIDANCE_SCALE = 100.0
+# AdamW moves each weight by about lr per step; at lr > 1 no run converges (the tiny model's
+# KL is NaN within one iteration at lr = 10⁴).
+MAX_LEARNING_RATE = 1.0
+# An order of magnitude above the exploration scales of the references (DanceGRPO 0.3, SAGE 0.5,
+# FlowGRPO 0.7; CPS ≤ 1 by definition): at η = 10 one step's noise already dwarfs the latent,
+# and at η = 10³⁰ the rollout overflows to NaN.
+MAX_EXPLORATION_SCALE = 10.0
+# AdamW multiplies each weight by 1 − lr · weight_decay per step: with lr ≤ 1, a decay ≤ 1 keeps
+# that factor in [0, 1) (at 10³⁰ the weights overflow within one step).
+MAX_WEIGHT_DECAY = 1.0
 # Keys renamed since runs were first saved: old name → new name, per section.
 RENAMED_KEYS = {"model": {"backbone": "type"}, "reward": {"name": "type"}}
 
@@ -30,8 +51,16 @@ RENAMED_KEYS = {"model": {"backbone": "type"}, "reward": {"name": "type"}}
 @dataclass
 class RunConfig:
     output_dir: str = setting("runs", "Parent folder of run directories.")
-    name: str | None = setting(None, "Run directory name; default: <preset>-<seed>-<timestamp>.")
-    seed: int = setting(0, "Seed for prompts, noise, selection and initialisation.", ge=0)
+    name: str | None = setting(
+        None, "Run directory name (one folder name); default: <preset>-<seed>-<timestamp>."
+    )
+    seed: int = setting(
+        0,
+        "Seed for prompts, noise, selection and initialisation: 0 … 2^63 − 1 (torch seeds are "
+        "64-bit; the run also uses seed + 1).",
+        ge=0,
+        le=MAX_SEED,
+    )
     iterations: int = setting(40, "Training iterations (one rollout + its updates each).", ge=1)
     eval_every: int = setting(
         0, "Held-out eval every N iterations (0: only at start and end).", ge=0
@@ -42,7 +71,7 @@ class RunConfig:
     videos_every: int = setting(
         10, "Save a sample of rollout videos every N iterations (0: never).", ge=0
     )
-    threads: int = setting(0, "torch CPU threads (0: torch's default).", ge=0)
+    threads: int = setting(0, "torch CPU threads (0: torch's default).", ge=0, le=MAX_THREADS)
 
 
 @dataclass
@@ -88,11 +117,17 @@ class ModelConfig:
 @dataclass
 class SamplingConfig:
     rule: str = setting("sage", "Exploration step rule (ALGORITHMS §2).", choices=STEP_RULES)
-    eta: float = setting(0.5, "Exploration scale η (cps: in [0, 1]).", ge=0)
-    num_steps: int = setting(10, "Rollout denoising steps T.", ge=2)
+    eta: float = setting(
+        0.5, "Exploration scale η (cps: in [0, 1]).", ge=0, le=MAX_EXPLORATION_SCALE
+    )
+    num_steps: int = setting(10, "Rollout denoising steps T.", ge=2, le=MAX_STEPS)
     shift: float = setting(3.0, "Schedule shift s (ALGORITHMS §1).", gt=0)
-    guidance_scale: float = setting(1.0, "Classifier-free guidance w (1: off).", ge=1)
-    negative_prompt: str = setting("", "Prompt of guidance's unconditional branch.")
+    guidance_scale: float = setting(
+        1.0, "Classifier-free guidance w (1: off).", ge=1, le=MAX_GUIDANCE_SCALE
+    )
+    negative_prompt: str = setting(
+        "", "Prompt of guidance's unconditional branch.", allow_empty=True
+    )
     num_frames: int | None = setting(None, "Frames per video (default: the backbone's).", ge=1)
     height: int | None = setting(None, "Video height in pixels (default: the backbone's).", ge=1)
     width: int | None = setting(None, "Video width in pixels (default: the backbone's).", ge=1)
@@ -251,8 +286,8 @@ class KLConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = setting(3e-4, "AdamW learning rate.", gt=0)
-    weight_decay: float = setting(0.0, "AdamW weight decay.", ge=0)
+    lr: float = setting(3e-4, "AdamW learning rate.", gt=0, le=MAX_LEARNING_RATE)
+    weight_decay: float = setting(0.0, "AdamW weight decay.", ge=0, le=MAX_WEIGHT_DECAY)
     beta1: float = setting(0.9, "AdamW β1.", ge=0, le=1)
     beta2: float = setting(0.999, "AdamW β2.", ge=0, le=1)
     grad_clip: float = setting(1.0, "Gradient-norm clip.", gt=0)
@@ -306,8 +341,13 @@ class EvalConfig:
     )
     max_prompts: int = setting(0, "Use at most this many eval prompts (0: all).", ge=0)
     samples_per_prompt: int = setting(2, "Fixed seeds per eval prompt.", ge=1)
-    num_steps: int = setting(10, "ODE steps for eval.", ge=1)
-    seed: int = setting(1234, "Base seed of the fixed eval noise.", ge=0)
+    num_steps: int = setting(10, "ODE steps for eval.", ge=1, le=MAX_STEPS)
+    seed: int = setting(
+        1234,
+        "Base seed of the fixed eval noise: 0 … 2^63 − 1 (sample i uses seed + i).",
+        ge=0,
+        le=MAX_SEED,
+    )
     videos: int = setting(8, "Eval videos saved for the before/after grid.", ge=0)
     batch_size: int = setting(64, "Samples per model call during eval.", ge=1)
 
@@ -371,6 +411,16 @@ class TrainConfig:
             )
         if not self.reward.weights:
             raise UserError("reward.weights: give at least one component weight, e.g. {ta: 1.0}")
+        if not self.reward.order:
+            raise UserError("reward.order: list at least one component, e.g. [vq, mq, ta]")
+        if self.model.lora_targets is not None and not self.model.lora_targets:
+            raise UserError("model.lora_targets: list at least one module name, or null")
+        name = self.run.name
+        if name is not None and (name in (".", "..") or "/" in name or "\\" in name):
+            raise UserError(
+                f"run.name: {name!r} must be one folder name (no '/', not . or ..); the parent "
+                "folder is run.output_dir"
+            )
         for threshold in self.reward.thresholds or []:
             if not 0.0 <= threshold <= 1.0:
                 raise UserError(f"reward.thresholds: {threshold} is outside [0, 1]")
@@ -381,10 +431,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError:  # e.g. a name too long for the file system
+            is_file = False
+        if not is_file:
             raise UserError(f"config file {str(path)!r} not found; see configs/ for the presets")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+            raise UserError(f"config file {str(path)!r} cannot be read ({reason})") from error
         except yaml.YAMLError as error:
             reason = " ".join(str(error).split())  # one line: the CLI prints errors as one
             raise UserError(f"config file {str(path)!r} is not valid YAML: {reason}") from error

@@ -125,6 +125,12 @@ class World:
         data = torch.tensor(list(("\n" + text).encode()), dtype=torch.uint8)
         return bytes(self.gather_rows(data).tolist()).decode()
 
+    def any(self, flag: bool) -> bool:
+        """Whether `flag` is true on some rank, on every rank (e.g. a stop signal one got)."""
+        if self.size == 1:
+            return flag
+        return bool(self.max(torch.tensor([float(flag)]))[0] > 0)
+
     def broadcast_text(self, text: str) -> str:
         """Rank 0's `text` on every rank (e.g. a run name built from rank 0's clock)."""
         if self.size == 1:

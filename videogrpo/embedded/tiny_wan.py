@@ -278,7 +278,14 @@ class TinyWan(TrainableTransformer):
         # Folders saved before the clean-prediction head existed hold velocity-trained weights.
         config_fields.setdefault("prediction", "velocity")
         vocabulary = _read_json(directory / VOCABULARY_FILE, fix)
-        model = cls(TinyWanConfig(**config_fields), vocabulary)
+        if not isinstance(vocabulary, list) or not all(isinstance(w, str) for w in vocabulary):
+            raise UserError(f"{directory / VOCABULARY_FILE} is not a list of words; {fix}")
+        try:
+            model = cls(TinyWanConfig(**config_fields), vocabulary)
+        except (TypeError, ValueError) as error:  # a field of the wrong type or size
+            raise UserError(
+                f"{directory / CONFIG_FILE} does not describe a tiny Wan ({_reason(error)}); {fix}"
+            ) from error
         weights = directory / WEIGHTS_FILE
         if not weights.is_file():
             raise UserError(f"missing tiny-Wan weights file {weights}; {fix}")

@@ -1,57 +1,92 @@
 """A training run on disk: run directory, eval before/after, checkpoints, resume, summary, report.
 
 `train(config)` is what `videogrpo train` and the Python API call. Everything a run writes lives
-in its directory (layout in docs/report.md); checkpoints and summaries are written atomically, and
-nothing is created until the config, model and prompts have been validated. Under torchrun every
-rank calls it; rank 0 alone writes the directory, and every rank writes its checkpoint shards
-(runs/ranks.py, docs/distributed.md).
+in its directory (layout in docs/report.md). Nothing is created, and on resume nothing changes,
+until the config, model, prompts, checkpoint and logs have all been read and checked; one
+process at a time may use a run directory (runs/rundir.py); checkpoints survive a kill at any
+instant (runs/checkpoint.py); SIGTERM or Ctrl-C stops after the current iteration with a
+checkpoint (runs/stopping.py). docs/reliability.md lists the guarantees and their tests.
+Under torchrun every rank calls `train`; rank 0 alone writes the directory and holds its lock,
+and every rank writes its checkpoint shards (runs/ranks.py, docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import json
-import time
 import logging
+import signal
+import time
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
-from videogrpo.runs.checkpoint import (
-    restore_rng_state,
-    rng_state,
-    save_state,
-    temporary_folder,
-    write_atomically,
-    write_text_atomically,
-)
+from videogrpo import faults
 from videogrpo.config import TrainConfig, config_to_yaml, load_config
 from videogrpo.config.schema import to_dict
 from videogrpo.distributed.layout import check_batch_layout
 from videogrpo.distributed.parallel import ONE_PROCESS, Parallel, parallelize
 from videogrpo.distributed.world import World, close_world, init_world
-from videogrpo.errors import UserError
+from videogrpo.errors import RunStopped, UserError
 from videogrpo.models.base import VideoGenerator
 from videogrpo.models.registry import build_model, enable_training, resolve_device
 from videogrpo.rewards.base import RewardModel
 from videogrpo.rewards.registry import build_reward, effective_weights
-from videogrpo.runs.evaluation import EvalResult, evaluate
-from videogrpo.runs.ranks import (
-    export_model,
-    read_checkpoint,
-    sharded_checkpoint_writer,
-    trained_weights,
+from videogrpo.runs.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    promote_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+    write_atomically,
+    write_text_atomically,
 )
+from videogrpo.runs.evaluation import EvalResult, evaluate
+from videogrpo.runs.ranks import export_model, fill_state, save_job_checkpoint, trained_weights
+from videogrpo.runs.resources import check_lora_rank, check_run_fits
+from videogrpo.runs.resume import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    EVAL_FILE,
+    MAX_REASON_CHARS,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    ResumePoint,
+    check_resumable,
+    finished_iterations,
+    prepare_run,
+    read_resume_point,
+    refuse_existing_run,
+    refuse_finished_run,
+    restore,
+    saved_config,
+)
+from videogrpo.runs.rundir import (
+    RunLock,
+    check_input_path,
+    clear_run_dir,
+    create_run_dir,
+)
+from videogrpo.runs.stopping import SIGNAL_EXIT_BASE, GracefulStop
+from videogrpo.runs.tracking import (
+    NONFINITE_KEY,
+    MetricsLog,
+    dumps_strict,
+    records_through,
+    strict_json,
+)
+from videogrpo.runs.video_io import write_gif
 from videogrpo.training.build import eval_step_settings
 from videogrpo.training.prompts import load_prompts
-from videogrpo.runs.tracking import MetricsLog
 from videogrpo.training.trainer import GRPOTrainer, IterationResult, RewardsFailed
-from videogrpo.runs.video_io import write_gif
 
-CONFIG_FILE = "config.yaml"
-CHECKPOINT_DIR = "checkpoint"
+TENSORBOARD_DIR = "tensorboard"
+REPORT_FILE = "report.html"
+DIVERGED_EXIT_CODE = 3  # a run stopped because its weights overflowed (not bad input: 2)
+REWARDS_FAILED_EXIT_CODE = 4  # stopped because the reward scored no sample of an iteration
 ROLLOUT_GROUPS_SAVED = 2  # groups of each saved rollout written as GIFs (auditing, not stats)
 # A stopped run's message names the first reasons its reward calls failed, each cut short.
 REASONS_SHOWN, REASON_CHARACTERS = 2, 200
@@ -67,9 +102,11 @@ class RunResult:
 
 def load_model(config: TrainConfig) -> VideoGenerator:
     """The configured backbone with its trainable part (LoRA or full) switched on."""
-    return enable_training(
-        build_model(config.model, config.sampling, config.memory), config.model
-    )
+    check_input_path(config.model.path, "model.path")
+    model = build_model(config.model, config.sampling, config.memory)
+    if config.model.finetune == "lora":
+        check_lora_rank(model, config.model.lora_rank)
+    return enable_training(model, config.model)
 
 
 def load_shared_model(config: TrainConfig, world: World) -> tuple[VideoGenerator, Parallel]:
@@ -86,7 +123,10 @@ def load_shared_model(config: TrainConfig, world: World) -> tuple[VideoGenerator
             f"model.device: {config.model.device!r} puts every rank on one device; use auto or "
             "cuda (each rank takes the GPU of its LOCAL_RANK)"
         )
+    check_input_path(config.model.path, "model.path")
     model = build_model(config.model, config.sampling, config.memory)
+    if config.model.finetune == "lora":
+        check_lora_rank(model, config.model.lora_rank)
     return parallelize(model, config.model, config.distributed.strategy, world)
 
 
@@ -101,6 +141,7 @@ def load_for_inference(
         model_config = replace(model_config, type=model_type, options={})
     if model_dir is not None:
         model_config = replace(model_config, path=model_dir)
+    check_input_path(model_config.path, "--model" if model_dir is not None else "model.path")
     model = build_model(model_config, config.sampling)
     if run_dir is not None:
         apply_run_weights(model, Path(run_dir))
@@ -108,16 +149,24 @@ def load_for_inference(
 
 
 def read_run_config(run_dir: Path) -> TrainConfig:
-    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / CHECKPOINT_DIR).is_dir():
+    if not (run_dir / CONFIG_FILE).is_file() or find_checkpoint(run_dir / CHECKPOINT_DIR) is None:
         raise UserError(f"{run_dir} is not a run directory with a checkpoint")
     return load_config(run_dir / CONFIG_FILE)
 
 
 def apply_run_weights(model: VideoGenerator, run_dir: Path) -> None:
-    """Give a freshly loaded base model the latest trained weights of a run (of any world
-    size)."""
+    """Give a freshly loaded base model the latest trained weights of a run (of any number of
+    ranks)."""
     enable_training(model, read_run_config(run_dir).model)
-    model.load_trainable_state_dict(trained_weights(run_dir / CHECKPOINT_DIR))
+    loaded = load_checkpoint(run_dir / CHECKPOINT_DIR)
+    assert loaded is not None, "read_run_config found it"
+    try:
+        model.load_trainable_state_dict(trained_weights(loaded[0], loaded[1].path))
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        reason = " ".join(str(error).split())[:MAX_REASON_CHARS]
+        raise UserError(
+            f"the weights in {loaded[1].path} do not fit this model ({reason})"
+        ) from error
     model.eval()
 
 
@@ -205,7 +254,7 @@ def save_eval(run_dir: Path, iteration: int, result: EvalResult, log: MetricsLog
         index.append(
             {"file": name, "prompt": result.prompts[i], "seed": result.seeds[i], "rewards": rewards}
         )
-    write_text_atomically(folder / "prompts.json", json.dumps(index, indent=1) + "\n")
+    write_text_atomically(folder / "prompts.json", dumps_strict(index, indent=1) + "\n")
 
 
 def save_rollout(run_dir: Path, iteration: int, result: IterationResult, group_size: int) -> None:
@@ -225,7 +274,7 @@ def save_rollout(run_dir: Path, iteration: int, result: IterationResult, group_s
                 {"file": name, "rewards": rewards, "advantage": float(result.advantages[i])}
             )
         groups.append({"prompt": result.prompts[g * group_size], "samples": samples})
-    write_text_atomically(folder / "rewards.json", json.dumps(groups, indent=1) + "\n")
+    write_text_atomically(folder / "rewards.json", dumps_strict(groups, indent=1) + "\n")
 
 
 def summary_of(result: EvalResult) -> dict[str, float]:
@@ -233,76 +282,62 @@ def summary_of(result: EvalResult) -> dict[str, float]:
     return {key: result.summary[key] for key in result.rewards}
 
 
-def default_run_name(config_path: str | None, seed: int) -> str:
-    preset = Path(config_path).stem if config_path else "default"
-    return f"{preset}-seed{seed}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def prepare_run(
-    config_path: str | None, overrides: list[str], world: World | None = None
-) -> tuple[TrainConfig, Path]:
-    """Validate everything, then create the run directory (never half-made on bad input).
-    `world`: the ranks of a torchrun job, which all take rank 0's default run name."""
-    config = load_config(config_path, overrides)
-    name = config.run.name or default_run_name(config_path, config.run.seed)
-    if world is not None:
-        name = world.broadcast_text(name)
-    run_dir = Path(config.run.output_dir) / name
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(
-            f"run directory {run_dir} already exists; resume it with --resume {run_dir}"
-        )
-    return config, run_dir
-
-
-def refuse_finished_run(run_dir: Path, iterations: int) -> None:
-    """A finished run resumed without more iterations would only redo its final eval."""
-    summary_file = run_dir / "summary.json"
-    if not summary_file.is_file():
-        return
-    done = json.loads(summary_file.read_text())["iterations"]
-    if iterations <= done:
-        raise UserError(
-            f"run {run_dir} already finished {done} iterations; to continue it, raise the total: "
-            f"--resume {run_dir} --set run.iterations={done + iterations}"
-        )
-
-
 def train(
     config_path: str | None = None,
     overrides: list[str] | None = None,
     resume: str | Path | None = None,
     progress: bool = True,
+    restart: str | Path | None = None,
 ) -> RunResult:
-    """Run (or resume) GRPO training; returns the run directory and summary.json's content.
+    """Run, resume or restart GRPO training; returns the run directory and summary.json's content.
 
-    Under torchrun (WORLD_SIZE > 1) this process joins the job's process group first and leaves
-    it at the end; otherwise no process group is created.
+    `resume`: continue RUN_DIR from its newest complete checkpoint (from the start if it has
+    none). `restart`: empty RUN_DIR and start it over with its saved config. Either way the run
+    directory is locked for this process, and nothing in it changes until everything has been
+    read and checked. Under torchrun (WORLD_SIZE > 1) this process joins the job's process group
+    once the config is known, and leaves it at the end; otherwise none is created.
     """
+    faults.planned()  # a malformed fault request fails before anything runs
+    overrides = overrides or []
+    point = None
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise UserError(
-                f"cannot resume {run_dir}: no {CONFIG_FILE} there; pass a run directory"
-            )
-        if not (run_dir / CHECKPOINT_DIR).is_dir():
-            raise UserError(f"cannot resume {run_dir}: it has no checkpoint yet; start a new run")
-        config = load_config(run_dir / CONFIG_FILE, overrides)
-        refuse_finished_run(run_dir, config.run.iterations)
-        world = init_world(config.distributed.backend)
+        config = saved_config(run_dir, overrides, "resume")
+        check_resumable(run_dir, config)
+    elif restart is not None:
+        run_dir = Path(restart)
+        config = saved_config(run_dir, overrides, "restart")
     else:
-        config = load_config(config_path, overrides or [])
-        world = init_world(config.distributed.backend)
+        config, run_dir = prepare_run(config_path, overrides)
+    world = init_world(config.distributed.backend)
     try:
-        if resume is None:
-            config, run_dir = prepare_run(config_path, overrides or [], world)
-        return _train(config, run_dir, resume is not None, progress, world)
+        run_dir = Path(world.broadcast_text(str(run_dir)))  # rank 0's default name (its clock)
+        lock = RunLock(run_dir)
+        try:
+            if run_dir.is_dir() and world.is_main:  # a new run's is created and locked later
+                lock.acquire()
+            if resume is not None:
+                done = finished_iterations(run_dir)
+                if done is not None and config.run.iterations <= done:
+                    if (run_dir / REPORT_FILE).is_file():
+                        refuse_finished_run(run_dir, done, config.run.iterations)
+                    return finish_report(run_dir, world)  # killed after summary.json
+                point = read_resume_point(run_dir)
+            return _run(config, run_dir, point, lock, restart is not None, progress, world)
+        finally:
+            lock.release()
     finally:
         close_world(world)
 
 
-def _train(
-    config: TrainConfig, run_dir: Path, resume: bool, progress: bool, world: World
+def _run(
+    config: TrainConfig,
+    run_dir: Path,
+    point: ResumePoint | None,
+    lock: RunLock,
+    restart: bool,
+    progress: bool,
+    world: World,
 ) -> RunResult:
     main = world.is_main  # rank 0 writes the run directory
     if config.run.threads:
@@ -318,7 +353,7 @@ def _train(
     cache_prompts = getattr(model, "cache_prompts", None)
     if config.memory.text_cache_dir and cache_prompts is not None:
         # Encode every prompt once, up front: afterwards the text encoder never runs again.
-        # Rank 0 writes the cache first; the other ranks then find every prompt in it.
+        # Rank 0 fills the cache first; the other ranks then find every prompt in it.
         every_prompt = [*train_prompts, *eval_prompts, config.sampling.negative_prompt]
         if main:
             cache_prompts(every_prompt)
@@ -326,24 +361,65 @@ def _train(
         if not main:
             cache_prompts(every_prompt)
     trainer = GRPOTrainer(config, model, reward, train_prompts, parallel=parallel)
+    check_run_fits(
+        config, model, trainer.kl.needs_rollout_means, len(eval_prompts), ranks=world.size
+    )
+    resumed = point is not None and point.state is not None
+    if resumed:
+        state = fill_state(point.state, point.found.path, trainer, parallel)
+        restore(trainer, run_dir, state)
 
-    world.barrier()  # every rank has checked the run directory before rank 0 creates it
+    # Everything is checked: from here on the run directory changes.
+    world.barrier()  # every rank has checked and read it
     metrics = evals = None
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if not lock.held:  # a new run: create, lock, make sure no other process got there first
+            create_run_dir(run_dir)
+            lock.acquire()
+            if any(run_dir.iterdir()):
+                refuse_existing_run(run_dir)
+        if restart:
+            clear_run_dir(run_dir, CONFIG_FILE)
+        if resumed:
+            promote_checkpoint(point.found, run_dir / CHECKPOINT_DIR)
         write_text_atomically(run_dir / CONFIG_FILE, config_to_yaml(config))
-        metrics = MetricsLog(run_dir / "metrics.jsonl", run_dir / "tensorboard")
-        evals = MetricsLog(run_dir / "eval.jsonl")
-    wall_before = 0.0
-    eval_before = None
-    if resume:
-        state = read_checkpoint(run_dir / CHECKPOINT_DIR, trainer, parallel)
-        trainer.load_state_dict(state["trainer"])
-        restore_rng_state(state["rng"])
-        wall_before, eval_before = state["wall_seconds"], state["eval_before"]
-        if main:
-            metrics.truncate_after(trainer.iteration)
-            evals.truncate_after(trainer.iteration)
+        metrics = MetricsLog(
+            run_dir / METRICS_FILE,
+            run_dir / TENSORBOARD_DIR,
+            purge_step=None if point is None else trainer.iteration + 1,
+        )
+        evals = MetricsLog(run_dir / EVAL_FILE)
+        if point is not None:
+            metrics.keep_only(point.metrics_lines)
+            evals.keep_only(point.eval_lines)
+    world.barrier()  # the directory is rank 0's before any rank writes shards into it
+    try:
+        with GracefulStop() as stop:
+            return _train_loop(
+                config, run_dir, trainer, point, eval_prompts, metrics, evals, stop, progress
+            )
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _train_loop(
+    config: TrainConfig,
+    run_dir: Path,
+    trainer: GRPOTrainer,
+    point: ResumePoint | None,
+    eval_prompts: list[str],
+    metrics: MetricsLog | None,
+    evals: MetricsLog | None,
+    stop: GracefulStop,
+    progress: bool,
+) -> RunResult:
+    """The loop; under torchrun `metrics` and `evals` are rank 0's alone (None elsewhere)."""
+    world = trainer.parallel.world
+    main = world.is_main
+    state = point.state if point is not None and point.state is not None else None
+    wall_before = 0.0 if state is None else state["wall_seconds"]
+    eval_before = None if state is None else state["eval_before"]
     started = time.monotonic() - wall_before
     group_size = config.data.group_size
 
@@ -355,29 +431,37 @@ def _train(
             "eval_before": eval_before,
         }
         if world.size == 1:
-            write_atomically(run_dir / CHECKPOINT_DIR, lambda tmp: save_state(tmp, state))
-            return
-        skeleton, write_tensors = sharded_checkpoint_writer(state, parallel)
-
-        def write(tmp: Path) -> None:
-            save_state(tmp, skeleton)
-            write_tensors(tmp)
-
-        if main:
-            write_atomically(run_dir / CHECKPOINT_DIR, write)
+            save_checkpoint(run_dir / CHECKPOINT_DIR, state, step=trainer.iteration)
         else:
-            write_tensors(temporary_folder(run_dir / CHECKPOINT_DIR))
-        world.barrier()  # in place before any rank goes on
+            save_job_checkpoint(
+                run_dir / CHECKPOINT_DIR, state, trainer.iteration, trainer.parallel
+            )
 
     def record_eval(iteration: int, result: EvalResult) -> None:
         if main:
             save_eval(run_dir, iteration, result, evals)
 
+    def stop_asked() -> bool:
+        """A stop signal reached some rank: every rank stops after the same iteration."""
+        return world.any(stop.received is not None)
+
+    def stopped() -> RunStopped:
+        received = stop.received
+        return RunStopped(
+            f"stopped by {'a stop signal' if received is None else received.name} after "
+            f"iteration {trainer.iteration} of {config.run.iterations}, checkpoint saved; "
+            f"continue with: videogrpo train --resume {run_dir}",
+            stop.exit_code if received is not None else SIGNAL_EXIT_BASE + int(signal.SIGTERM),
+        )
+
     if eval_before is None:
         before = run_eval(trainer, eval_prompts, config.eval.videos)
         record_eval(0, before)
+        faults.reached("eval_before", 0)
         eval_before = summary_of(before)
         checkpoint()
+        if stop_asked():
+            raise stopped()
 
     bar = tqdm(
         total=config.run.iterations,
@@ -392,13 +476,20 @@ def _train(
         videos_due = bool(config.run.videos_every) and iteration % config.run.videos_every == 0
         rng_before = rng_state()
         try:
-            result = trainer.step(keep_videos=ROLLOUT_GROUPS_SAVED * group_size if videos_due else 0)
+            result = trainer.step(
+                keep_videos=ROLLOUT_GROUPS_SAVED * group_size if videos_due else 0
+            )
         except RewardsFailed as failure:  # keep every completed iteration, then stop
             restore_rng_state(rng_before)
             checkpoint()
-            if main:
-                metrics.close()
-            raise UserError(rewards_failed_message(run_dir, failure)) from failure
+            message = rewards_failed_message(run_dir, failure)
+            raise RunStopped(message, REWARDS_FAILED_EXIT_CODE) from failure
+        except ValueError as error:  # e.g. the KL controller refusing a NaN KL
+            if weights_finite(trainer):
+                raise
+            raise diverged(run_dir, iteration) from error
+        if not weights_finite(trainer):
+            raise diverged(run_dir, iteration)
         if main:
             metrics.write(iteration, result.metrics)
             if videos_due:
@@ -406,7 +497,9 @@ def _train(
         eval_due = config.run.eval_every and iteration % config.run.eval_every == 0
         if eval_due and iteration < config.run.iterations:
             record_eval(iteration, run_eval(trainer, eval_prompts))
-        if iteration % config.run.checkpoint_every == 0 or iteration == config.run.iterations:
+        asked = stop_asked()
+        checkpoint_due = iteration % config.run.checkpoint_every == 0
+        if checkpoint_due or iteration == config.run.iterations or asked:
             checkpoint()
         m = result.metrics
         bar.set_postfix(
@@ -416,11 +509,13 @@ def _train(
             clip=f"{m['policy/clip_frac']:.2f}",
         )
         bar.update(1)
+        if asked:
+            raise stopped()
     bar.close()
 
     after = run_eval(trainer, eval_prompts, config.eval.videos)
     if main:
-        evals.truncate_after(trainer.iteration - 1)  # a final eval a crash left behind is redone
+        evals.keep_only(records_through(evals.path, trainer.iteration - 1))  # a crash's eval
     record_eval(trainer.iteration, after)
     if config.model.finetune == "lora":  # the adapter, as diffusers' load_lora_weights reads it
         folder, save = "lora", "save_lora"
@@ -429,9 +524,10 @@ def _train(
     export_model(
         trainer.model,
         config,
-        parallel,
+        trainer.parallel,
         lambda whole: write_atomically(run_dir / folder, getattr(whole, save)),
     )
+    faults.reached("final_writes", trainer.iteration)
     if main:
         summary = {
             "config": to_dict(config),
@@ -441,10 +537,44 @@ def _train(
             "reward_failed_samples": failed_samples(run_dir),
             "wall_seconds": round(time.monotonic() - started, 1),
         }
-        write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        metrics.close()
-        from videogrpo.runs.report import write_report
+        (run_dir / REPORT_FILE).unlink(missing_ok=True)  # a continued run's old report is stale
+        summary, nonfinite = strict_json(summary)
+        if nonfinite:
+            summary[NONFINITE_KEY] = nonfinite
+            logger.warning(
+                "%s: %d non-finite held-out numbers written as null", SUMMARY_FILE, nonfinite
+            )
+        write_text_atomically(run_dir / SUMMARY_FILE, dumps_strict(summary, indent=2) + "\n")
+    return finish_report(run_dir, world)
 
+
+def weights_finite(trainer: GRPOTrainer) -> bool:
+    """NaN-safety: no checkpoint or log ever holds weights an overflow has destroyed. Under
+    torchrun each rank checks what it holds (its FSDP2 shards) and all agree."""
+    local = all(
+        bool((p.to_local() if isinstance(p, DTensor) else p).isfinite().all())
+        for p in trainer.model.trainable_parameters()
+    )
+    return not trainer.parallel.world.any(not local)
+
+
+def diverged(run_dir: Path, iteration: int) -> RunStopped:
+    """Iteration `iteration` overflowed the weights: stop, keeping the last checkpoint."""
+    found = find_checkpoint(run_dir / CHECKPOINT_DIR)
+    kept = "no checkpoint" if found is None else f"the checkpoint of iteration {found.step}"
+    return RunStopped(
+        f"iteration {iteration} diverged (the trained weights are no longer finite); the run "
+        f"stopped with {kept} kept; lower optim.lr (or sampling.eta, the KL or reward scales) "
+        f"and continue with: videogrpo train --resume {run_dir} --set optim.lr=...",
+        DIVERGED_EXIT_CODE,
+    )
+
+
+def finish_report(run_dir: Path, world: World) -> RunResult:
+    """The last write of a run (rank 0's): report.html, from what the run directory holds."""
+    from videogrpo.runs.report import write_report
+
+    if world.is_main:
         write_report(run_dir)
-    world.barrier()  # the other ranks return rank 0's summary
-    return RunResult(run_dir, json.loads((run_dir / "summary.json").read_text()))
+    world.barrier()  # every rank returns rank 0's summary
+    return RunResult(run_dir, json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8")))

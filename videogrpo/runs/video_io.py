@@ -94,8 +94,11 @@ def atomic_output(path: str | Path, suffix: str = "") -> Iterator[Path]:
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(handle)
     temp = Path(temp_name)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         yield temp
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp's 0600 → the mode of the run's other files
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)

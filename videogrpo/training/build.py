@@ -23,16 +23,16 @@ from videogrpo.training.update import LossSettings
 def step_settings(config: TrainConfig) -> StepSettings:
     """The rollout's step settings; a schedule the rule cannot step fails here, before the run."""
     sampling = config.sampling
-    settings = StepSettings(
-        rule=sampling.rule,
-        eta=sampling.eta,
-        sigmas=schedule.sigmas(sampling.num_steps, sampling.shift),
-        guidance_scale=sampling.guidance_scale,
-        sigma_clamp=sampling.sigma_clamp,
-        log_prob_reduction=config.policy.log_prob_reduction,
-        micro_batch_size=config.memory.micro_batch_size,
-    )
-    try:  # e.g. sage with σ₁ ≥ 1 − clamp
+    try:  # e.g. a shift so large that σ₁ rounds to 1, or sage with σ₁ ≥ 1 − clamp
+        settings = StepSettings(
+            rule=sampling.rule,
+            eta=sampling.eta,
+            sigmas=schedule.sigmas(sampling.num_steps, sampling.shift),
+            guidance_scale=sampling.guidance_scale,
+            sigma_clamp=sampling.sigma_clamp,
+            log_prob_reduction=config.policy.log_prob_reduction,
+            micro_batch_size=config.memory.micro_batch_size,
+        )
         settings.variances  # noqa: B018 (computed and cached here, on purpose)
     except ValueError as error:
         raise UserError(

@@ -30,14 +30,21 @@ def load_prompts(spec: str) -> list[str]:
     if spec in WORLD_SPLITS:
         return list(grammar.prompts(spec))
     path = Path(spec)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError:  # e.g. a name too long for the file system
+        is_file = False
+    if not is_file:
         raise UserError(
             f"prompts {spec!r} is neither a world split ({', '.join(WORLD_SPLITS)}) nor a file"
         )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"prompt file {spec!r} is not readable UTF-8 text ({error})") from error
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise UserError(f"prompt file {spec!r} cannot be read ({reason})") from error
+    if "\0" in text:
+        raise UserError(f"prompt file {spec!r} holds a NUL byte; it is not a text file")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         prompts = _jsonl_prompts(text, spec)

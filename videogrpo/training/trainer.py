@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from videogrpo import faults
 from videogrpo.config import TrainConfig
 from videogrpo.core import advantage
 from videogrpo.core.curriculum import CurriculumResult
@@ -187,6 +188,7 @@ class GRPOTrainer:
                 storage_device=self.storage,
             )
         timings["time/rollout"] = time.perf_counter() - start
+        faults.reached("after_rollout", self.iteration + 1)
 
         start = time.perf_counter()
         scored = decode_and_score(
@@ -235,10 +237,13 @@ class GRPOTrainer:
 
         start = time.perf_counter()
         self.kl.begin_rollout()
+        steps_before = self.optimizer_steps
 
         def after_step(kl_value: float) -> None:
             self.optimizer_steps += 1
             self.kl.after_optimizer_step(self.model, self.optimizer_steps, kl_value)
+            if self.optimizer_steps == steps_before + 1:
+                faults.reached("mid_update", self.iteration + 1)
 
         metrics = policy_update(
             self.model,
