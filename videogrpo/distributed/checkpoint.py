@@ -41,9 +41,13 @@ def split_tensors(state: Any, path: str = "") -> tuple[Any, dict[str, Tensor]]:
             tensors[at] = value.detach()
             return {_PLACEHOLDER: at}
         if isinstance(value, dict):
-            return {key: walk(item, f"{at}/{key}") for key, item in value.items()}
+            return {
+                key: walk(item, f"{at}/{key}" if at else str(key)) for key, item in value.items()
+            }
         if isinstance(value, list | tuple):
-            return type(value)(walk(item, f"{at}/{i}") for i, item in enumerate(value))
+            return type(value)(
+                walk(item, f"{at}/{i}" if at else str(i)) for i, item in enumerate(value)
+            )
         return value
 
     return walk(state, path), tensors

@@ -41,7 +41,7 @@ def save_job_checkpoint(
     """`save_checkpoint` for a job of several ranks; every rank calls it with its own `state`
     (the trainer's state under "trainer", this rank's RNG under "rng")."""
     world = parallel.world
-    rest = {key: value for key, value in state.items() if key != "rng"}
+    rest = {**state, "rng": None}  # each rank's RNG goes into the shards, under its rank
     skeleton, tensors = split_tensors(rest)
     tensors.update(rank_rng_tensors(world.rank, state["rng"]))
 
