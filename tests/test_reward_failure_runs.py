@@ -44,6 +44,8 @@ def brightness(videos, prompts):
         score = torch.full_like(score, math.nan)
     if MODE == "quarter_nan" and calls % 4 == 3:
         score = torch.full_like(score, math.nan)
+    if MODE == "three_quarters_nan" and calls % 4 != 3:
+        score = torch.full_like(score, math.nan)
     return {{"brightness": score}}
 
 
@@ -51,7 +53,7 @@ brightness.components = ["brightness"]
 """
 
 
-def run_with(mode: str, model_dir, tmp_path, capsys) -> tuple[int, list[str], object]:
+def run_with(mode: str, model_dir, tmp_path, capsys, extra=()) -> tuple[int, list[str], object]:
     scorer = tmp_path / f"scorer_{mode}.py"
     scorer.write_text(SCORER.format(mode=mode))
     settings = tiny_settings(model_dir, tmp_path) + [
@@ -61,6 +63,7 @@ def run_with(mode: str, model_dir, tmp_path, capsys) -> tuple[int, list[str], ob
         f"reward.options.function={scorer}:brightness",
         "reward.weights={brightness: 1.0}",
         "reward.batch_size=1",  # one video per call: a raised call costs one sample
+        *extra,
     ]
     args = ["train", str(PRESETS_DIR / "sage.yaml"), "--quiet"]
     for setting in settings:
@@ -116,3 +119,19 @@ def test_a_reward_that_never_scores_stops_the_run_with_a_loadable_checkpoint(
     # The held-out eval before training was NaN: written as null and counted, never a number.
     (before,) = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
     assert before["brightness"] is None and before["nonfinite_count"] >= 1
+
+
+def test_most_samples_failing_for_k_iterations_in_a_row_stops_the_run_after_a_checkpoint(
+    tiny_model_dir, tmp_path, capsys
+):
+    """3 of each iteration's 4 samples NaN (75 % > 50 %) with K = 2: iteration 1 trains on its
+    one scored sample, iteration 2 makes it two in a row, the run stops with iteration 2
+    checkpointed, exit 4, one line; the default K = 3 would have let it go on longer."""
+    extra = ["run.iterations=4", "reward.max_failed_fraction=0.5", "reward.max_failed_iterations=2"]
+    code, err, run_dir = run_with("three_quarters_nan", tiny_model_dir, tmp_path, capsys, extra)
+    assert code == 4 and len(err) == 1, err
+    assert "iterations 1-2: the reward failed for more than 50% of the samples 2 times" in err[0]
+    assert [row["reward/failed_fraction"] for row in metrics(run_dir)] == [0.75, 0.75]
+    found = find_checkpoint(run_dir / "checkpoint")
+    assert found.step == 2 and finite_weights(run_dir)
+    assert not (run_dir / "summary.json").exists()

@@ -224,6 +224,17 @@ class RewardConfig:
         10, "calibrate: iterations whose rewards set lo/hi.", ge=1
     )
 
+    max_failed_fraction: float = setting(
+        0.5,
+        "Stop the run (after a checkpoint) when more than this share of an iteration's samples "
+        "has no score for reward.max_failed_iterations iterations in a row.",
+        ge=0,
+        le=1,
+    )
+    max_failed_iterations: int = setting(
+        3, "Consecutive iterations above reward.max_failed_fraction that stop the run.", ge=1
+    )
+
     def composite_components(self) -> list[str]:
         """What "composite" averages in eval and logs: the components the training weighs
         (not, e.g., VideoAlign's Overall, which is their sum)."""

@@ -205,6 +205,16 @@ def rewards_failed_message(run_dir: Path, failure: RewardsFailed) -> str:
     )
 
 
+def failure_streak(metric_lines: list[str], threshold: float) -> int:
+    """Trailing iterations of a metrics log whose failed fraction exceeded `threshold`."""
+    streak = 0
+    for line in reversed(metric_lines):
+        if json.loads(line).get("reward/failed_fraction", 0.0) <= threshold:
+            break
+        streak += 1
+    return streak
+
+
 def failed_samples(run_dir: Path) -> int:
     """Samples of the whole run (all of metrics.jsonl, across resumes) whose reward failed."""
     rows = (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -422,6 +432,8 @@ def _train_loop(
     eval_before = None if state is None else state["eval_before"]
     started = time.monotonic() - wall_before
     group_size = config.data.group_size
+    tolerated = config.reward.max_failed_fraction
+    failing = 0 if point is None else failure_streak(point.metrics_lines, tolerated)
 
     def checkpoint() -> None:
         state = {
@@ -492,8 +504,20 @@ def _train_loop(
             raise diverged(run_dir, iteration)
         if main:
             metrics.write(iteration, result.metrics)
-            if videos_due:
-                save_rollout(run_dir, iteration, result, group_size)
+        # reward/failed_fraction is the whole batch's: every rank counts the same streak
+        failing = failing + 1 if result.metrics["reward/failed_fraction"] > tolerated else 0
+        if failing >= config.reward.max_failed_iterations:
+            checkpoint()
+            raise RunStopped(
+                f"iterations {iteration - failing + 1}-{iteration}: the reward failed for more "
+                f"than {tolerated:.0%} of the samples {failing} times in a row (see "
+                f"reward/failed_calls in metrics.jsonl); the run stopped with iteration "
+                f"{iteration} checkpointed; fix the reward (or raise reward.max_failed_fraction) "
+                f"and continue with: videogrpo train --resume {run_dir}",
+                REWARDS_FAILED_EXIT_CODE,
+            )
+        if main and videos_due:
+            save_rollout(run_dir, iteration, result, group_size)
         eval_due = config.run.eval_every and iteration % config.run.eval_every == 0
         if eval_due and iteration < config.run.iterations:
             record_eval(iteration, run_eval(trainer, eval_prompts))

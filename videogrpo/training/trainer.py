@@ -267,6 +267,7 @@ class GRPOTrainer:
         metrics.update(timings)
         metrics.update(self.reward_metrics(gathered, weighted.composite))
         metrics["reward/failed_samples"] = float((~scorable).sum())
+        metrics["reward/failed_fraction"] = float((~scorable).float().mean())
         metrics["reward/failed_calls"] = float(len(failures))
         if config.reward.curriculum != "static":  # fixed weights have nothing to chart
             metrics.update({f"curriculum/{k}": v for k, v in weighted.diagnostics.items()})

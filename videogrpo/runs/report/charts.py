@@ -158,6 +158,12 @@ def _reward_charts(metrics: _Metrics, evals: list[Row], colors: dict[str, str]) 
             ["reward/failed_samples", "reward/failed_calls"],
         )
     )
+    charts.append(
+        metrics.lines(
+            "Share of samples without a score (reward.max_failed_fraction stops the run)",
+            ["reward/failed_fraction"],
+        )
+    )
     spread = [
         metrics.series("reward/within_group_std", COMPOSITE, COMPOSITE_COLOR),
         *(metrics.series(f"reward/{name}_group_std", name, c) for name, c in colors.items()),
