@@ -151,6 +151,9 @@ def replicate(model: VideoGenerator, world: World) -> tuple[VideoGenerator, Para
         device_ids=[model.device.index] if on_gpu else None,
         forward_sync_buffers=False,  # buffers are constants; a sync per forward would also
         # need every rank to call the model equally often in rollouts
+        # A call may leave trainable weights out (Wan 2.2's expert of the other noise level):
+        # DDP then finds them in the graph and reduces what earlier calls accumulated.
+        find_unused_parameters=True,
     )
     return ReplicatedGenerator(model, ddp), Parallel(world, "ddp", ddp=ddp)
 

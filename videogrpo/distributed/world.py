@@ -97,6 +97,7 @@ class World:
         return float(self.sum(torch.tensor([value], dtype=torch.float64)))
 
     def max(self, values: Tensor) -> Tensor:
+        """Elementwise maximum over ranks."""
         if self.size == 1:
             return values
         largest = values.to(self.device)
