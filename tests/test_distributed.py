@@ -98,12 +98,25 @@ def one_iteration(world: World, model_dir, output_dir, preset, overrides) -> Non
     """One trainer step; writes the weight change, rewards, composite, advantages, metrics and
     the state of the λ controller and the curriculum that this rank ends with."""
     trainer = make_trainer(world, model_dir, output_dir, preset, overrides)
-    paddings = []
-    padding_step = update_module.padding_step
-    update_module.padding_step = lambda *args: paddings.append(args[2]) or padding_step(*args)
+    paddings, first_replays = [], []
+    padding_step, clipped_loss = update_module.padding_step, update_module.clipped_policy_loss
+
+    def padding(*args):
+        paddings.append(args[2])
+        return padding_step(*args)
+
+    def loss(log_prob, old_log_prob, *args, **kwargs):
+        if trainer.optimizer_steps == 0:  # the first minibatch replays the rollout's batches
+            first_replays.append(torch.equal(log_prob.detach(), old_log_prob))
+        return clipped_loss(log_prob, old_log_prob, *args, **kwargs)
+
+    update_module.padding_step, update_module.clipped_policy_loss = padding, loss
     composites = keep_composites(trainer)
     before = full_weights(trainer.model)
-    result = trainer.step()
+    try:
+        result = trainer.step()
+    finally:
+        update_module.padding_step, update_module.clipped_policy_loss = padding_step, clipped_loss
     after = full_weights(trainer.model)
     out = Path(output_dir)
     tensors = {f"delta/{name}": after[name] - before[name] for name in after}
@@ -117,6 +130,7 @@ def one_iteration(world: World, model_dir, output_dir, preset, overrides) -> Non
         "lambda": trainer.kl.coefficient(),
         "curriculum": trainer.curriculum.state_dict(),
         "padded_steps": paddings,
+        "first_replays": first_replays,
     }
     (out / f"rank{world.rank}.json").write_text(json.dumps(state))
 
@@ -202,6 +216,9 @@ def test_one_iteration_on_two_ranks_changes_the_weights_as_one_process(
     (one, one_state), ranks = run_one_and_two(tmp_path, tiny_model_dir, preset, overrides)
     (two, two_state), (other, other_state) = ranks
 
+    # The first minibatch replays each rank's rollout batches: ratio exactly 1 on every rank.
+    replays = [*two_state["first_replays"], *other_state["first_replays"]]
+    assert replays and all(replays) and all(one_state["first_replays"])
     # Every rank ends the iteration with the same weights and the same view of the batch.
     for key in two:
         assert torch.equal(two[key], other[key]), key
