@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The 2-rank equality and resume tests of tests/test_distributed.py on GPUs with NCCL instead of
+# The 2-rank equality, resume and run tests of tests/test_distributed.py on GPUs with NCCL instead of
 # gloo (one GPU per rank, so at least 2), on a CUDA build of torch:
 #     bash scripts/check_nccl.sh
 set -euo pipefail
@@ -10,4 +10,4 @@ if (( gpus < 2 )); then
     exit 2
 fi
 nvidia-smi --query-gpu=name --format=csv,noheader | head -2
-NCCL_CHECK=1 python -m pytest -q tests/test_distributed.py -k "two_ranks or resumes" "$@"
+NCCL_CHECK=1 python -m pytest -q tests/test_distributed.py -k "two_ranks or resumes or moves" "$@"
