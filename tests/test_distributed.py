@@ -58,10 +58,14 @@ def full_weights(model) -> dict[str, torch.Tensor]:
     }
 
 
+def float32_matmuls() -> None:
+    """On GPUs, no TF32: it rounds at 1e-3, far above the float32 tolerances below."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 def make_trainer(world: World, model_dir, output_dir, preset: str, overrides) -> GRPOTrainer:
-    if BACKEND == "nccl":  # TF32 rounds at 1e-3, far above the float32 tolerances below
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    float32_matmuls()
     config = load_config(
         PRESETS_DIR / f"{preset}.yaml", tiny_settings(model_dir, output_dir) + overrides
     )
@@ -389,6 +393,7 @@ def test_the_batch_layout_gives_each_rank_its_part_of_every_minibatch():
 
 def train_ranks(world: World, arguments: dict) -> None:
     """`videogrpo train` as torchrun starts it on every rank."""
+    float32_matmuls()
     train(progress=False, **arguments)
 
 
@@ -402,6 +407,7 @@ def test_a_run_moves_between_world_sizes_and_goes_on_as_if_uninterrupted(tmp_pat
     by 2 ranks again for iteration 3, against 3 uninterrupted iterations on 2 ranks (FSDP2 full
     fine-tuning, staged curriculum): rank 0 alone writes, each checkpoint has the writers' format,
     and the resumed iterations draw the same batches and reach the same rewards and λ."""
+    float32_matmuls()
     preset, overrides = CASES["fsdp-full"]
     config_path = str(PRESETS_DIR / f"{preset}.yaml")
     settings = [*tiny_settings(tiny_model_dir, tmp_path), *overrides, "run.videos_every=1"]
