@@ -25,7 +25,7 @@ from torch import Tensor
 from videogrpo.config import load_config
 from videogrpo.embedded.world.grammar import prompts as split_prompts
 from videogrpo.runs.train import load_model, load_reward
-from videogrpo.training.rollout import sample_trajectories
+from videogrpo.training.rollout import sample_trajectories, shared_noise_seeds
 from videogrpo.training.scoring import decode_and_score
 from videogrpo.training.step import policy_step
 from videogrpo.training.trainer import GRPOTrainer
@@ -48,7 +48,11 @@ def per_step_gradients(trainer: GRPOTrainer, num_samples: int) -> tuple[Tensor, 
     model.eval()
     trajectories = sample_trajectories(
         model, settings, conditioning, seeds, sde_mask=sde_mask,
-        noise_group_size=config.data.noise_group_size,
+        initial_seeds=(
+            shared_noise_seeds(seeds, config.data.group_size)
+            if config.data.shared_initial_noise
+            else None
+        ),
     )  # fmt: skip
     scored = decode_and_score(
         model, trainer.reward, trajectories.final, prompts,

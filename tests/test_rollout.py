@@ -14,7 +14,12 @@ import torch
 from videogrpo.core import schedule, sde
 from videogrpo.embedded.tiny_wan import TinyWan, load_default
 from videogrpo.embedded.world.grammar import HELDOUT_PROMPTS, TRAIN_PROMPTS
-from videogrpo.training.rollout import initial_noise, row_batches, sample_trajectories
+from videogrpo.training.rollout import (
+    initial_noise,
+    row_batches,
+    sample_trajectories,
+    shared_noise_seeds,
+)
 from videogrpo.training.step import StepSettings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -161,7 +166,7 @@ def test_shared_initial_noise_starts_a_group_together_and_explores_apart(tiny_mo
     prompts = [TRAIN_PROMPTS[0]] * 2 + [TRAIN_PROMPTS[1]] * 2
     trajectories = rollout(
         model, prompts, [3, 4, 5, 6], sde_mask=torch.ones(NUM_STEPS, dtype=torch.bool),
-        noise_group_size=2,
+        initial_seeds=shared_noise_seeds([3, 4, 5, 6], 2),
     )  # fmt: skip
     start = trajectories.states[0]
     assert torch.equal(start[0], start[1]) and torch.equal(start[2], start[3])
@@ -171,7 +176,7 @@ def test_shared_initial_noise_starts_a_group_together_and_explores_apart(tiny_mo
     final = trajectories.final
     assert (final[0] - final[1]).abs().max() > 0.1 and (final[2] - final[3]).abs().max() > 0.1
     with pytest.raises(ValueError, match="groups of 3"):
-        rollout(model, prompts, [3, 4, 5, 6], sde_mask=ODE_MASK, noise_group_size=3)
+        shared_noise_seeds([3, 4, 5, 6], 3)
 
 
 def test_a_samples_video_does_not_depend_on_its_batch_neighbours(tiny_model_dir):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 HELP = "Post-train a video generator with GRPO (SAGE-GRPO, Self-Paced GRPO or a baseline preset)."
@@ -51,8 +52,11 @@ def run(args: argparse.Namespace) -> int:
     if existing and args.config:
         flag = "--resume" if args.resume else "--restart"
         raise UserError(f"give either a config to start a run or {flag} RUN_DIR, not both")
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone prints
     if not existing:
-        print(config_to_yaml(load_config(args.config, args.overrides)), end="")
+        config_text = config_to_yaml(load_config(args.config, args.overrides))
+        if main:
+            print(config_text, end="")
     elif (Path(existing) / "config.yaml").is_file():  # train() says what else is wrong
         load_config(Path(existing) / "config.yaml", args.overrides)
 
@@ -65,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         restart=args.restart,
         progress=not args.quiet,
     )
+    if not main:
+        return 0
     before, after = result.summary["eval_before"], result.summary["eval_after"]
     print("held-out reward (ODE, fixed seeds)   before -> after")
     for key in before:

@@ -172,11 +172,6 @@ class DataConfig:
         ge=0,
     )
 
-    @property
-    def noise_group_size(self) -> int:
-        """Consecutive samples that share an initial noise (1: none share)."""
-        return self.group_size if self.shared_initial_noise else 1
-
 
 @dataclass
 class RewardConfig:
@@ -369,6 +364,21 @@ class EvalConfig:
 
 
 @dataclass
+class DistributedConfig:
+    strategy: str = setting(
+        "auto",
+        "Under torchrun: ddp keeps a model copy per rank, fsdp shards weights, gradients and "
+        "optimizer state (FSDP2); auto: ddp for LoRA, fsdp for full fine-tuning.",
+        choices=("auto", "ddp", "fsdp"),
+    )
+    backend: str = setting(
+        "auto",
+        "Under torchrun: nccl (GPUs) or gloo (CPUs); auto picks the one the machine runs.",
+        choices=("auto", "gloo", "nccl"),
+    )
+
+
+@dataclass
 class TrainConfig:
     run: RunConfig = section(RunConfig)
     model: ModelConfig = section(ModelConfig)
@@ -382,6 +392,7 @@ class TrainConfig:
     optim: OptimConfig = section(OptimConfig)
     memory: MemoryConfig = section(MemoryConfig)
     eval: EvalConfig = section(EvalConfig)
+    distributed: DistributedConfig = section(DistributedConfig)
 
     def __post_init__(self) -> None:
         """Cross-field checks: each names the keys involved and the fix."""

@@ -38,6 +38,9 @@ class TrainableTransformer(nn.Module):
     default_lora_targets: ClassVar[tuple[str, ...]] = WAN_LORA_TARGET_MODULES
     # Attributes holding a denoiser; one that is None (Wan 2.1 has no transformer_2) is skipped.
     denoiser_names: ClassVar[tuple[str, ...]] = ("transformer",)
+    # Attributes of a denoiser that list its repeated blocks (diffusers: Wan `blocks`,
+    # CogVideoX/LTX/HunyuanVideo `transformer_blocks`).
+    block_lists: ClassVar[tuple[str, ...]] = ("blocks", "transformer_blocks")
     transformer: nn.Module
 
     def __init__(self) -> None:
@@ -131,8 +134,8 @@ class TrainableTransformer(nn.Module):
     def reference_policy(self) -> Iterator[None]:
         """The fixed KL reference: LoRA disabled, or the weights kept by enable_full_finetuning.
 
-        Full fine-tuning swaps tensor storage in and out (no copy); without either mode the
-        model is its own reference.
+        Full fine-tuning swaps the reference's values in and out; without either mode the model
+        is its own reference.
         """
         denoisers = list(self.denoisers().values())
         if any(has_lora(module) for module in denoisers):
@@ -150,11 +153,26 @@ class TrainableTransformer(nn.Module):
             yield
 
     def _swap_reference_weights(self) -> None:
+        """Swap values, not storage: FSDP2 all-gathers from the storage a parameter was sharded
+        into, so a parameter must keep it (a sharded reference swaps shard for shard)."""
         assert self._reference_weights is not None
-        for name, param in self._denoiser_parameters():
-            current = param.data
-            param.data = self._reference_weights[name]
-            self._reference_weights[name] = current
+        with torch.no_grad():
+            for name, param in self._denoiser_parameters():
+                reference = self._reference_weights[name]
+                current = param.detach().clone()
+                param.copy_(reference)
+                reference.copy_(current)
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """What FSDP2 shards one by one: each denoiser's blocks, then the denoisers."""
+        denoisers = list(self.denoisers().values())
+        blocks = [
+            block
+            for denoiser in denoisers
+            for name in self.block_lists
+            for block in getattr(denoiser, name, None) or []
+        ]
+        return [*blocks, *denoisers]
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         return {

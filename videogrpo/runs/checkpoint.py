@@ -136,8 +136,17 @@ class FoundCheckpoint:
     step: int
 
 
-def save_checkpoint(directory: Path, state: dict[str, Any], step: int) -> None:
-    """Write `state` as checkpoint `step` of `directory` (see the module docstring)."""
+def save_checkpoint(
+    directory: Path,
+    state: dict[str, Any],
+    step: int,
+    write_more: Callable[[Path], None] | None = None,
+) -> None:
+    """Write `state` as checkpoint `step` of `directory` (see the module docstring).
+
+    `write_more(folder)` adds files to the checkpoint before its manifest is written (the other
+    ranks' shards of a torchrun job, which they write into `temporary_folder(directory)`).
+    """
     directory = Path(directory)
     tmp, old = _siblings(directory)
     if tmp.exists() or old.exists():  # left by a kill: keep the newest complete one
@@ -149,6 +158,8 @@ def save_checkpoint(directory: Path, state: dict[str, Any], step: int) -> None:
             promote_checkpoint(found, directory)
     _fresh_folder(tmp)
     save_state(tmp, state)
+    if write_more is not None:
+        write_more(tmp)
     faults.reached("checkpoint_write", step)
     write_manifest(tmp, step)
     _swap_in(tmp, directory, fault_step=step)
@@ -271,6 +282,11 @@ def _read_manifest(directory: Path) -> dict[str, Any] | str:
 def _manifest_step(directory: Path) -> int | None:
     manifest = _read_manifest(directory)
     return None if isinstance(manifest, str) else manifest["step"]
+
+
+def temporary_folder(directory: Path) -> Path:
+    """Where `save_checkpoint` writes checkpoint `directory` before swapping it in."""
+    return _siblings(Path(directory))[0]
 
 
 def _siblings(directory: Path) -> tuple[Path, Path]:

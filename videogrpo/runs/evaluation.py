@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from videogrpo.distributed.parallel import ONE_PROCESS, Parallel
 from videogrpo.models.base import VideoGenerator
 from videogrpo.rewards.base import RewardModel
 from videogrpo.training.rollout import sample_final
@@ -59,40 +60,52 @@ def evaluate(
     decode_batch_size: int = DEFAULT_DECODE_BATCH,
     keep_videos: int = 0,
     composite_of: Sequence[str] | None = None,
+    parallel: Parallel = ONE_PROCESS,
 ) -> EvalResult:
     """Sample `samples_per_prompt` videos per prompt with `settings` and score them.
 
     "composite" is the equal-weight mean of the components named in `composite_of` (default:
     all): a fixed yardstick that does not move with the training weights or the curriculum.
+    Under torchrun each rank samples a contiguous share and every rank gets the gathered scores.
     """
+    world = parallel.world
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]
     seeds = eval_seeds(seed, len(prompts), samples_per_prompt)
+    share = world.share(len(repeated))
     sde_mask = torch.full((settings.num_steps,), settings.rule != "ode", dtype=torch.bool)
     sde_mask[-1] = False  # the last step stays deterministic, as in training rollouts
     was_training = model.training
     model.eval()
-    final = sample_final(
-        model,
-        settings,
-        model.encode(repeated, negative_prompt),
-        seeds,
-        sde_mask=sde_mask,
-        batch_size=batch_size,
-    )
+    with parallel.gathered():
+        final = sample_final(
+            model,
+            settings,
+            model.encode(repeated[share], negative_prompt),
+            seeds[share],
+            sde_mask=sde_mask,
+            batch_size=batch_size,
+        )
     model.train(was_training)
     scored = decode_and_score(
         model,
         reward,
         final,
-        repeated,
+        repeated[share],
         decode_batch_size=decode_batch_size,
-        keep_videos=keep_videos,
+        keep_videos=max(0, keep_videos - share.start),
         diagnostics=True,
     )
+    videos = scored.videos
+    if keep_videos and world.size > 1:
+        videos = world.gather_optional(videos)
+    scored.rewards = {name: world.gather_rows(value) for name, value in scored.rewards.items()}
+    scored.diagnostics = {
+        name: world.gather_rows(value) for name, value in scored.diagnostics.items()
+    }
     scores = dict(scored.rewards)
     averaged = list(scores) if composite_of is None else list(composite_of)
     scores["composite"] = torch.stack([scores[name] for name in averaged]).mean(dim=0)
-    result = EvalResult(repeated, seeds, scores, scored.videos)
+    result = EvalResult(repeated, seeds, scores, videos)
     result.summary = {name: float(value.mean()) for name, value in scores.items()}
     result.summary.update({f"{name}_std": float(value.std(0)) for name, value in scores.items()})
     result.summary.update({name: float(v.mean()) for name, v in scored.diagnostics.items()})

@@ -23,12 +23,17 @@ MEMINFO = Path("/proc/meminfo")
 
 
 def check_run_fits(
-    config: TrainConfig, model: VideoGenerator, keeps_means: bool, eval_prompts: int
+    config: TrainConfig,
+    model: VideoGenerator,
+    keeps_means: bool,
+    eval_prompts: int,
+    ranks: int = 1,
 ) -> None:
-    """The rollout's states (and means, when the KL needs them) and eval's final latents fit."""
+    """The rollout's states (and means, when the KL needs them) and eval's final latents fit;
+    under torchrun each of the `ranks` holds its share."""
     latent = math.prod(model.latent_shape) * FLOAT32_BYTES
     sampling, data = config.sampling, config.data
-    samples = data.prompts_per_iteration * data.group_size
+    samples = data.prompts_per_iteration * data.group_size // ranks
     stored = (sampling.num_steps + 1) + (sampling.num_steps if keeps_means else 0)
     trajectory_device = (
         torch.device("cpu") if config.memory.trajectory_device == "cpu" else model.device
@@ -39,7 +44,8 @@ def check_run_fits(
         f"a rollout of {samples} samples (data.prompts_per_iteration × data.group_size) × "
         f"{stored} stored states (sampling.num_steps)",
     )
-    check_eval_fits(model, eval_prompts * config.eval.samples_per_prompt, "eval.samples_per_prompt")
+    eval_samples = -(-eval_prompts * config.eval.samples_per_prompt // ranks)  # the largest share
+    check_eval_fits(model, eval_samples, "eval.samples_per_prompt")
 
 
 def check_eval_fits(model: VideoGenerator, samples: int, setting: str) -> None:

@@ -6,25 +6,32 @@ until the config, model, prompts, checkpoint and logs have all been read and che
 process at a time may use a run directory (runs/rundir.py); checkpoints survive a kill at any
 instant (runs/checkpoint.py); SIGTERM or Ctrl-C stops after the current iteration with a
 checkpoint (runs/stopping.py). docs/reliability.md lists the guarantees and their tests.
+Under torchrun every rank calls `train`; rank 0 alone writes the directory and holds its lock,
+and every rank writes its checkpoint shards (runs/ranks.py, docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from videogrpo import faults
 from videogrpo.config import TrainConfig, config_to_yaml, load_config
 from videogrpo.config.schema import to_dict
+from videogrpo.distributed.layout import check_batch_layout
+from videogrpo.distributed.parallel import ONE_PROCESS, Parallel, parallelize
+from videogrpo.distributed.world import World, close_world, init_world
 from videogrpo.errors import RunStopped, UserError
 from videogrpo.models.base import VideoGenerator
-from videogrpo.models.registry import build_model, enable_training
+from videogrpo.models.registry import build_model, enable_training, resolve_device
 from videogrpo.rewards.base import RewardModel
 from videogrpo.rewards.registry import build_reward, effective_weights
 from videogrpo.runs.checkpoint import (
@@ -38,6 +45,7 @@ from videogrpo.runs.checkpoint import (
     write_text_atomically,
 )
 from videogrpo.runs.evaluation import EvalResult, evaluate
+from videogrpo.runs.ranks import export_model, fill_state, save_job_checkpoint, trained_weights
 from videogrpo.runs.resources import check_lora_rank, check_run_fits
 from videogrpo.runs.resume import (
     CHECKPOINT_DIR,
@@ -62,7 +70,7 @@ from videogrpo.runs.rundir import (
     clear_run_dir,
     create_run_dir,
 )
-from videogrpo.runs.stopping import GracefulStop
+from videogrpo.runs.stopping import SIGNAL_EXIT_BASE, GracefulStop
 from videogrpo.runs.tracking import (
     NONFINITE_KEY,
     MetricsLog,
@@ -101,6 +109,27 @@ def load_model(config: TrainConfig) -> VideoGenerator:
     return enable_training(model, config.model)
 
 
+def load_shared_model(config: TrainConfig, world: World) -> tuple[VideoGenerator, Parallel]:
+    """`load_model` for one rank of a torchrun job: DDP replicas or FSDP2 shards of the model."""
+    if world.size == 1:
+        return load_model(config), ONE_PROCESS
+    data = config.data
+    check_batch_layout(
+        data.prompts_per_iteration, data.group_size, config.optim.minibatches, world.size
+    )
+    device = resolve_device(config.model.device)
+    if device.type == "cuda" and device.index is not None:
+        raise UserError(
+            f"model.device: {config.model.device!r} puts every rank on one device; use auto or "
+            "cuda (each rank takes the GPU of its LOCAL_RANK)"
+        )
+    check_input_path(config.model.path, "model.path")
+    model = build_model(config.model, config.sampling, config.memory)
+    if config.model.finetune == "lora":
+        check_lora_rank(model, config.model.lora_rank)
+    return parallelize(model, config.model, config.distributed.strategy, world)
+
+
 def load_for_inference(
     model_dir: str | None, run_dir: str | None, model_type: str | None = None
 ) -> VideoGenerator:
@@ -126,12 +155,13 @@ def read_run_config(run_dir: Path) -> TrainConfig:
 
 
 def apply_run_weights(model: VideoGenerator, run_dir: Path) -> None:
-    """Give a freshly loaded base model the latest trained weights of a run."""
+    """Give a freshly loaded base model the latest trained weights of a run (of any number of
+    ranks)."""
     enable_training(model, read_run_config(run_dir).model)
     loaded = load_checkpoint(run_dir / CHECKPOINT_DIR)
     assert loaded is not None, "read_run_config found it"
     try:
-        model.load_trainable_state_dict(loaded[0]["trainer"]["weights"])
+        model.load_trainable_state_dict(trained_weights(loaded[0], loaded[1].path))
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         reason = " ".join(str(error).split())[:MAX_REASON_CHARS]
         raise UserError(
@@ -199,6 +229,7 @@ def check_prompts(reward: RewardModel, prompts: list[str]) -> None:
 
 
 def run_eval(trainer: GRPOTrainer, eval_prompts: list[str], keep_videos: int = 0) -> EvalResult:
+    """Held-out eval; under torchrun sharded over the ranks, every rank gets the scores."""
     config = trainer.config
     return evaluate(
         trainer.model,
@@ -214,6 +245,7 @@ def run_eval(trainer: GRPOTrainer, eval_prompts: list[str], keep_videos: int = 0
         decode_batch_size=config.memory.decode_batch_size,
         keep_videos=keep_videos,
         composite_of=config.reward.composite_components(),
+        parallel=trainer.parallel,
     )
 
 
@@ -272,7 +304,8 @@ def train(
     `resume`: continue RUN_DIR from its newest complete checkpoint (from the start if it has
     none). `restart`: empty RUN_DIR and start it over with its saved config. Either way the run
     directory is locked for this process, and nothing in it changes until everything has been
-    read and checked.
+    read and checked. Under torchrun (WORLD_SIZE > 1) this process joins the job's process group
+    once the config is known, and leaves it at the end; otherwise none is created.
     """
     faults.planned()  # a malformed fault request fails before anything runs
     overrides = overrides or []
@@ -286,20 +319,25 @@ def train(
         config = saved_config(run_dir, overrides, "restart")
     else:
         config, run_dir = prepare_run(config_path, overrides)
-    lock = RunLock(run_dir)
+    world = init_world(config.distributed.backend)
     try:
-        if run_dir.is_dir():  # a new run's is created (and locked) once everything is checked
-            lock.acquire()
-        if resume is not None:
-            done = finished_iterations(run_dir)
-            if done is not None and config.run.iterations <= done:
-                if (run_dir / REPORT_FILE).is_file():
-                    refuse_finished_run(run_dir, done, config.run.iterations)
-                return finish_report(run_dir)  # killed after summary.json, before the report
-            point = read_resume_point(run_dir)
-        return _run(config, run_dir, point, lock, restart is not None, progress)
+        run_dir = Path(world.broadcast_text(str(run_dir)))  # rank 0's default name (its clock)
+        lock = RunLock(run_dir)
+        try:
+            if run_dir.is_dir() and world.is_main:  # a new run's is created and locked later
+                lock.acquire()
+            if resume is not None:
+                done = finished_iterations(run_dir)
+                if done is not None and config.run.iterations <= done:
+                    if (run_dir / REPORT_FILE).is_file():
+                        refuse_finished_run(run_dir, done, config.run.iterations)
+                    return finish_report(run_dir, world)  # killed after summary.json
+                point = read_resume_point(run_dir)
+            return _run(config, run_dir, point, lock, restart is not None, progress, world)
+        finally:
+            lock.release()
     finally:
-        lock.release()
+        close_world(world)
 
 
 def _run(
@@ -309,7 +347,9 @@ def _run(
     lock: RunLock,
     restart: bool,
     progress: bool,
+    world: World,
 ) -> RunResult:
+    main = world.is_main  # rank 0 writes the run directory
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     torch.manual_seed(config.run.seed)
@@ -317,46 +357,60 @@ def _run(
     eval_prompts = load_prompts(config.eval.prompts)
     if config.eval.max_prompts:
         eval_prompts = eval_prompts[: config.eval.max_prompts]
-    model = load_model(config)
+    model, parallel = load_shared_model(config, world)
     reward = load_reward(config)
     check_prompts(reward, [*train_prompts, *eval_prompts])
     cache_prompts = getattr(model, "cache_prompts", None)
     if config.memory.text_cache_dir and cache_prompts is not None:
         # Encode every prompt once, up front: afterwards the text encoder never runs again.
-        cache_prompts([*train_prompts, *eval_prompts, config.sampling.negative_prompt])
-    trainer = GRPOTrainer(config, model, reward, train_prompts)
-    check_run_fits(config, model, trainer.kl.needs_rollout_means, len(eval_prompts))
+        # Rank 0 fills the cache first; the other ranks then find every prompt in it.
+        every_prompt = [*train_prompts, *eval_prompts, config.sampling.negative_prompt]
+        if main:
+            cache_prompts(every_prompt)
+        world.barrier()
+        if not main:
+            cache_prompts(every_prompt)
+    trainer = GRPOTrainer(config, model, reward, train_prompts, parallel=parallel)
+    check_run_fits(
+        config, model, trainer.kl.needs_rollout_means, len(eval_prompts), ranks=world.size
+    )
     resumed = point is not None and point.state is not None
     if resumed:
-        restore(trainer, run_dir, point.state)
+        state = fill_state(point.state, point.found.path, trainer, parallel)
+        restore(trainer, run_dir, state)
 
     # Everything is checked: from here on the run directory changes.
-    if not lock.held:  # a new run: create, lock, make sure no other process got there first
-        create_run_dir(run_dir)
-        lock.acquire()
-        if any(run_dir.iterdir()):
-            refuse_existing_run(run_dir)
-    if restart:
-        clear_run_dir(run_dir, CONFIG_FILE)
-    if resumed:
-        promote_checkpoint(point.found, run_dir / CHECKPOINT_DIR)
-    write_text_atomically(run_dir / CONFIG_FILE, config_to_yaml(config))
-    metrics = MetricsLog(
-        run_dir / METRICS_FILE,
-        run_dir / TENSORBOARD_DIR,
-        purge_step=None if point is None else trainer.iteration + 1,
-    )
-    evals = MetricsLog(run_dir / EVAL_FILE)
-    if point is not None:
-        metrics.keep_only(point.metrics_lines)
-        evals.keep_only(point.eval_lines)
+    world.barrier()  # every rank has checked and read it
+    metrics = evals = None
+    if main:
+        if not lock.held:  # a new run: create, lock, make sure no other process got there first
+            create_run_dir(run_dir)
+            lock.acquire()
+            if any(run_dir.iterdir()):
+                refuse_existing_run(run_dir)
+        if restart:
+            clear_run_dir(run_dir, CONFIG_FILE)
+        if resumed:
+            promote_checkpoint(point.found, run_dir / CHECKPOINT_DIR)
+        write_text_atomically(run_dir / CONFIG_FILE, config_to_yaml(config))
+        metrics = MetricsLog(
+            run_dir / METRICS_FILE,
+            run_dir / TENSORBOARD_DIR,
+            purge_step=None if point is None else trainer.iteration + 1,
+        )
+        evals = MetricsLog(run_dir / EVAL_FILE)
+        if point is not None:
+            metrics.keep_only(point.metrics_lines)
+            evals.keep_only(point.eval_lines)
+    world.barrier()  # the directory is rank 0's before any rank writes shards into it
     try:
         with GracefulStop() as stop:
             return _train_loop(
                 config, run_dir, trainer, point, eval_prompts, metrics, evals, stop, progress
             )
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
 
 
 def _train_loop(
@@ -365,11 +419,14 @@ def _train_loop(
     trainer: GRPOTrainer,
     point: ResumePoint | None,
     eval_prompts: list[str],
-    metrics: MetricsLog,
-    evals: MetricsLog,
+    metrics: MetricsLog | None,
+    evals: MetricsLog | None,
     stop: GracefulStop,
     progress: bool,
 ) -> RunResult:
+    """The loop; under torchrun `metrics` and `evals` are rank 0's alone (None elsewhere)."""
+    world = trainer.parallel.world
+    main = world.is_main
     state = point.state if point is not None and point.state is not None else None
     wall_before = 0.0 if state is None else state["wall_seconds"]
     eval_before = None if state is None else state["eval_before"]
@@ -385,24 +442,38 @@ def _train_loop(
             "wall_seconds": time.monotonic() - started,
             "eval_before": eval_before,
         }
-        save_checkpoint(run_dir / CHECKPOINT_DIR, state, step=trainer.iteration)
-
-    def stop_if_asked() -> None:
-        if stop.received is not None:
-            raise RunStopped(
-                f"stopped by {stop.received.name} after iteration {trainer.iteration} of "
-                f"{config.run.iterations}, checkpoint saved; continue with: videogrpo train "
-                f"--resume {run_dir}",
-                stop.exit_code,
+        if world.size == 1:
+            save_checkpoint(run_dir / CHECKPOINT_DIR, state, step=trainer.iteration)
+        else:
+            save_job_checkpoint(
+                run_dir / CHECKPOINT_DIR, state, trainer.iteration, trainer.parallel
             )
+
+    def record_eval(iteration: int, result: EvalResult) -> None:
+        if main:
+            save_eval(run_dir, iteration, result, evals)
+
+    def stop_asked() -> bool:
+        """A stop signal reached some rank: every rank stops after the same iteration."""
+        return world.any(stop.received is not None)
+
+    def stopped() -> RunStopped:
+        received = stop.received
+        return RunStopped(
+            f"stopped by {'a stop signal' if received is None else received.name} after "
+            f"iteration {trainer.iteration} of {config.run.iterations}, checkpoint saved; "
+            f"continue with: videogrpo train --resume {run_dir}",
+            stop.exit_code if received is not None else SIGNAL_EXIT_BASE + int(signal.SIGTERM),
+        )
 
     if eval_before is None:
         before = run_eval(trainer, eval_prompts, config.eval.videos)
-        save_eval(run_dir, 0, before, evals)
+        record_eval(0, before)
         faults.reached("eval_before", 0)
         eval_before = summary_of(before)
         checkpoint()
-        stop_if_asked()
+        if stop_asked():
+            raise stopped()
 
     bar = tqdm(
         total=config.run.iterations,
@@ -410,7 +481,7 @@ def _train_loop(
         desc="GRPO",
         unit="it",
         dynamic_ncols=True,
-        disable=not progress,
+        disable=not (progress and main),
     )
     while trainer.iteration < config.run.iterations:
         iteration = trainer.iteration + 1
@@ -431,7 +502,9 @@ def _train_loop(
             raise diverged(run_dir, iteration) from error
         if not weights_finite(trainer):
             raise diverged(run_dir, iteration)
-        metrics.write(iteration, result.metrics)
+        if main:
+            metrics.write(iteration, result.metrics)
+        # reward/failed_fraction is the whole batch's: every rank counts the same streak
         failing = failing + 1 if result.metrics["reward/failed_fraction"] > tolerated else 0
         if failing >= config.reward.max_failed_iterations:
             checkpoint()
@@ -443,13 +516,14 @@ def _train_loop(
                 f"and continue with: videogrpo train --resume {run_dir}",
                 REWARDS_FAILED_EXIT_CODE,
             )
-        if videos_due:
+        if main and videos_due:
             save_rollout(run_dir, iteration, result, group_size)
         eval_due = config.run.eval_every and iteration % config.run.eval_every == 0
         if eval_due and iteration < config.run.iterations:
-            save_eval(run_dir, iteration, run_eval(trainer, eval_prompts), evals)
+            record_eval(iteration, run_eval(trainer, eval_prompts))
+        asked = stop_asked()
         checkpoint_due = iteration % config.run.checkpoint_every == 0
-        if checkpoint_due or iteration == config.run.iterations or stop.received is not None:
+        if checkpoint_due or iteration == config.run.iterations or asked:
             checkpoint()
         m = result.metrics
         bar.set_postfix(
@@ -459,39 +533,53 @@ def _train_loop(
             clip=f"{m['policy/clip_frac']:.2f}",
         )
         bar.update(1)
-        stop_if_asked()
+        if asked:
+            raise stopped()
     bar.close()
 
     after = run_eval(trainer, eval_prompts, config.eval.videos)
-    evals.keep_only(records_through(evals.path, trainer.iteration - 1))  # a crash's final eval
-    save_eval(run_dir, trainer.iteration, after, evals)
-    if config.model.finetune == "lora":
-        write_atomically(run_dir / "lora", trainer.model.save_lora)
+    if main:
+        evals.keep_only(records_through(evals.path, trainer.iteration - 1))  # a crash's eval
+    record_eval(trainer.iteration, after)
+    if config.model.finetune == "lora":  # the adapter, as diffusers' load_lora_weights reads it
+        folder, save = "lora", "save_lora"
     else:  # the whole fine-tuned model, loadable by `videogrpo eval/sample --model RUN/model`
-        write_atomically(run_dir / "model", trainer.model.save_pretrained)
+        folder, save = "model", "save_pretrained"
+    export_model(
+        trainer.model,
+        config,
+        trainer.parallel,
+        lambda whole: write_atomically(run_dir / folder, getattr(whole, save)),
+    )
     faults.reached("final_writes", trainer.iteration)
-    summary = {
-        "config": to_dict(config),
-        "iterations": trainer.iteration,
-        "eval_before": eval_before,
-        "eval_after": summary_of(after),
-        "reward_failed_samples": failed_samples(run_dir),
-        "wall_seconds": round(time.monotonic() - started, 1),
-    }
-    (run_dir / REPORT_FILE).unlink(missing_ok=True)  # a continued run's old report is stale
-    summary, nonfinite = strict_json(summary)
-    if nonfinite:
-        summary[NONFINITE_KEY] = nonfinite
-        logger.warning(
-            "%s: %d non-finite held-out numbers written as null", SUMMARY_FILE, nonfinite
-        )
-    write_text_atomically(run_dir / SUMMARY_FILE, dumps_strict(summary, indent=2) + "\n")
-    return finish_report(run_dir)
+    if main:
+        summary = {
+            "config": to_dict(config),
+            "iterations": trainer.iteration,
+            "eval_before": eval_before,
+            "eval_after": summary_of(after),
+            "reward_failed_samples": failed_samples(run_dir),
+            "wall_seconds": round(time.monotonic() - started, 1),
+        }
+        (run_dir / REPORT_FILE).unlink(missing_ok=True)  # a continued run's old report is stale
+        summary, nonfinite = strict_json(summary)
+        if nonfinite:
+            summary[NONFINITE_KEY] = nonfinite
+            logger.warning(
+                "%s: %d non-finite held-out numbers written as null", SUMMARY_FILE, nonfinite
+            )
+        write_text_atomically(run_dir / SUMMARY_FILE, dumps_strict(summary, indent=2) + "\n")
+    return finish_report(run_dir, world)
 
 
 def weights_finite(trainer: GRPOTrainer) -> bool:
-    """NaN-safety: no checkpoint or log ever holds weights an overflow has destroyed."""
-    return all(bool(p.isfinite().all()) for p in trainer.model.trainable_parameters())
+    """NaN-safety: no checkpoint or log ever holds weights an overflow has destroyed. Under
+    torchrun each rank checks what it holds (its FSDP2 shards) and all agree."""
+    local = all(
+        bool((p.to_local() if isinstance(p, DTensor) else p).isfinite().all())
+        for p in trainer.model.trainable_parameters()
+    )
+    return not trainer.parallel.world.any(not local)
 
 
 def diverged(run_dir: Path, iteration: int) -> RunStopped:
@@ -506,9 +594,11 @@ def diverged(run_dir: Path, iteration: int) -> RunStopped:
     )
 
 
-def finish_report(run_dir: Path) -> RunResult:
-    """The last write of a run: report.html, from what the run directory holds."""
+def finish_report(run_dir: Path, world: World) -> RunResult:
+    """The last write of a run (rank 0's): report.html, from what the run directory holds."""
     from videogrpo.runs.report import write_report
 
-    write_report(run_dir)
+    if world.is_main:
+        write_report(run_dir)
+    world.barrier()  # every rank returns rank 0's summary
     return RunResult(run_dir, json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8")))

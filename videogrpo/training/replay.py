@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from videogrpo.core import advantage
 from videogrpo.models.base import Conditioning, VideoGenerator
 from videogrpo.training.rollout import Trajectories
 from videogrpo.training.step import StepSettings, policy_step
@@ -65,17 +64,12 @@ def replay(
 
 
 def keep_extremes(
-    model: VideoGenerator,
-    settings: StepSettings,
-    batch: UpdateBatch,
-    *,
-    group_size: int,
-    per_side: int,
+    model: VideoGenerator, settings: StepSettings, batch: UpdateBatch, keep: Tensor
 ) -> None:
-    """Train only each group's `per_side` best and worst samples (DanceGRPO), and recompute their
-    log π_old (and μ_old) in the update's now smaller batches so the first replay is ratio 1."""
+    """Train only the samples `keep` (N,) marks (each group's best and worst, DanceGRPO's
+    `advantage.extremes_mask`), and recompute their log π_old (and μ_old) in the update's now
+    smaller batches so the first replay is ratio 1."""
     trajectories = batch.trajectories
-    keep = advantage.extremes_mask(batch.advantages, group_size, per_side)
     batch.trained = batch.trained & keep[:, None]
     means, log_probs = replay(model, settings, batch, with_means=trajectories.means is not None)
     steps = batch.trained.T

@@ -69,6 +69,14 @@ def initial_noise(model: VideoGenerator, seeds: list[int]) -> Tensor:
     return draw_noise(model, noise_streams(seeds))
 
 
+def shared_noise_seeds(seeds: list[int], group_size: int) -> list[int]:
+    """Every sample's group's first seed: whose first draw starts the whole group (DanceGRPO's
+    shared initial noise). Known per sample, it holds wherever the group's samples run."""
+    if len(seeds) % group_size:
+        raise ValueError(f"{len(seeds)} samples do not split into groups of {group_size}")
+    return [seeds[i - i % group_size] for i in range(len(seeds))]
+
+
 @torch.no_grad()
 def sample_trajectories(
     model: VideoGenerator,
@@ -80,21 +88,21 @@ def sample_trajectories(
     trained: Tensor | None = None,
     chunks: list[Tensor] | None = None,
     keep_means: bool = False,
-    noise_group_size: int = 1,
+    initial_seeds: list[int] | None = None,
     storage_device: torch.device | None = None,
 ) -> Trajectories:
     """Denoise one sample per (conditioning row, seed) and record every state and log π_old.
 
     `sde_mask[k]` picks the stochastic rule at step k (ODE elsewhere). `trained` (N, T) bool and
     `chunks` (index tensors covering 0..N-1) describe the coming update's batches; without them
-    the whole batch is one chunk and nothing is trained. `noise_group_size` G > 1 starts each
-    run of G consecutive samples from the first one's initial noise (DanceGRPO's shared noise);
+    the whole batch is one chunk and nothing is trained. `initial_seeds` start each sample from
+    the first draw of another seed's stream (`shared_noise_seeds`: DanceGRPO's shared noise);
     every sample still explores with its own stream. States are kept on `storage_device`
     (default: the model's), moved to the model one step at a time.
     """
     return _denoise(
         model, settings, conditioning, seeds, sde_mask, trained, chunks,
-        record=True, keep_means=keep_means, noise_group_size=noise_group_size,
+        record=True, keep_means=keep_means, initial_seeds=initial_seeds,
         storage_device=storage_device,
     )  # fmt: skip
 
@@ -115,7 +123,7 @@ def sample_final(
     chunks = list(torch.arange(num_samples).split(batch_size or num_samples or 1))
     return _denoise(
         model, settings, conditioning, seeds, sde_mask, None, chunks,
-        record=False, keep_means=False, noise_group_size=1, storage_device=None,
+        record=False, keep_means=False, initial_seeds=None, storage_device=None,
     ).final  # fmt: skip
 
 
@@ -130,7 +138,7 @@ def _denoise(
     *,
     record: bool,
     keep_means: bool,
-    noise_group_size: int,
+    initial_seeds: list[int] | None,
     storage_device: torch.device | None,
 ) -> Trajectories:
     num_samples, num_steps = len(seeds), settings.num_steps
@@ -140,8 +148,8 @@ def _denoise(
         )
     if sde_mask.shape != (num_steps,):
         raise ValueError(f"sde_mask must have shape ({num_steps},), got {tuple(sde_mask.shape)}")
-    if noise_group_size > 1 and num_samples % noise_group_size:
-        raise ValueError(f"{num_samples} samples do not split into groups of {noise_group_size}")
+    if initial_seeds is not None and len(initial_seeds) != num_samples:
+        raise ValueError(f"need one initial seed per sample, got {len(initial_seeds)}")
     if trained is None:
         trained = torch.zeros(num_samples, num_steps, dtype=torch.bool)
     if chunks is None:
@@ -149,9 +157,9 @@ def _denoise(
     storage = storage_device or model.device
     streams = noise_streams(seeds)
 
-    start = draw_noise(model, streams)
-    if noise_group_size > 1:
-        start = start[::noise_group_size].repeat_interleave(noise_group_size, dim=0)
+    start = draw_noise(model, streams)  # every stream's first draw, used or not
+    if initial_seeds is not None:
+        start = initial_noise(model, initial_seeds)
     stored_steps = num_steps + 1 if record else 1
     states = torch.empty(stored_steps, num_samples, *model.latent_shape, device=storage)
     states[0] = start

@@ -17,12 +17,14 @@ from videogrpo import faults
 from videogrpo.config import TrainConfig
 from videogrpo.core import advantage
 from videogrpo.core.curriculum import CurriculumResult
+from videogrpo.distributed.layout import BatchLayout
+from videogrpo.distributed.parallel import Parallel
 from videogrpo.models.base import VideoGenerator
 from videogrpo.rewards.base import RewardModel
 from videogrpo.training import build
 from videogrpo.training.prompts import PromptOrder
 from videogrpo.training.replay import UpdateBatch, keep_extremes
-from videogrpo.training.rollout import sample_trajectories
+from videogrpo.training.rollout import sample_trajectories, shared_noise_seeds
 from videogrpo.training.scoring import decode_and_score
 from videogrpo.training.update import policy_update
 
@@ -54,12 +56,18 @@ def scorable_samples(rewards: dict[str, Tensor], components: tuple[str, ...]) ->
 
 @dataclass
 class GRPOTrainer:
-    """State of one run: the model and optimizer plus every schedule that must survive a resume."""
+    """State of one run: the model and optimizer plus every schedule that must survive a resume.
+
+    Under torchrun every rank holds one: all draw the same global batch, each rolls out and
+    scores its own samples (`parallel`, `distributed/layout.py`), and all compute the whole
+    batch's advantages from the gathered rewards, so every schedule stays the same everywhere.
+    """
 
     config: TrainConfig
     model: VideoGenerator
     reward: RewardModel
     prompts: list[str]
+    parallel: Parallel = field(default_factory=Parallel)
     iteration: int = 0
     optimizer_steps: int = 0
     timings: dict[str, float] = field(default_factory=dict)
@@ -139,6 +147,7 @@ class GRPOTrainer:
         RewardsFailed is raised before anything of the run's state has moved.
         """
         config, settings, timings = self.config, self.settings, {}
+        world = self.parallel.world
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
         streams = (self.data_generator.get_state(), self.selection_generator.get_state())
@@ -156,21 +165,28 @@ class GRPOTrainer:
         )
         trained = torch.zeros(num_samples, settings.num_steps, dtype=torch.bool)
         trained.scatter_(1, selection.trained_steps, True)
-        chunks = self.minibatches(num_samples)
-        conditioning = self.model.encode(prompts, config.sampling.negative_prompt)
+        layout = BatchLayout.split(self.minibatches(num_samples), world)
+        mine = layout.samples.tolist()
+        if config.data.shared_initial_noise:
+            initial_seeds = [shared_noise_seeds(seeds, config.data.group_size)[i] for i in mine]
+        else:
+            initial_seeds = None
+        my_prompts = [prompts[i] for i in mine]
+        conditioning = self.model.encode(my_prompts, config.sampling.negative_prompt)
         self.model.eval()
-        trajectories = sample_trajectories(
-            self.model,
-            settings,
-            conditioning,
-            seeds,
-            sde_mask=selection.sde_mask,
-            trained=trained,
-            chunks=chunks,
-            keep_means=self.kl.needs_rollout_means,
-            noise_group_size=config.data.noise_group_size,
-            storage_device=self.storage,
-        )
+        with self.parallel.gathered():
+            trajectories = sample_trajectories(
+                self.model,
+                settings,
+                conditioning,
+                [seeds[i] for i in mine],
+                sde_mask=selection.sde_mask,
+                trained=layout.local(trained),
+                chunks=layout.chunks,
+                keep_means=self.kl.needs_rollout_means,
+                initial_seeds=initial_seeds,
+                storage_device=self.storage,
+            )
         timings["time/rollout"] = time.perf_counter() - start
         faults.reached("after_rollout", self.iteration + 1)
 
@@ -179,30 +195,44 @@ class GRPOTrainer:
             self.model,
             self.reward,
             trajectories.final,
-            prompts,
+            my_prompts,
             decode_batch_size=config.memory.decode_batch_size,
-            keep_videos=keep_videos,
+            keep_videos=layout.kept(keep_videos),
         )
+        gathered = {  # the whole batch's rewards, on every rank
+            name: layout.to_global(world.gather_rows(values))
+            for name, values in scored.rewards.items()
+        }
         failures = self.take_reward_failures()
+        if world.size > 1:
+            failures = [line for line in world.gather_text("\n".join(failures)).split("\n") if line]
         components = self.curriculum.components
-        scorable = scorable_samples(scored.rewards, components)
+        scorable = scorable_samples(gathered, components)
         if not scorable.any():
             self.data_generator.set_state(streams[0])
             self.selection_generator.set_state(streams[1])
             raise RewardsFailed(self.iteration + 1, list(dict.fromkeys(failures)))
         rewards = {  # a failed sample is left out of every weighted component's statistics
             name: values.where(scorable, float("nan")) if name in components else values
-            for name, values in scored.rewards.items()
+            for name, values in gathered.items()
         }
         advantages, weighted = self.score(rewards)
         timings["time/reward"] = time.perf_counter() - start
-        batch = UpdateBatch(trajectories, conditioning, advantages, trained, chunks)
+        batch = UpdateBatch(
+            trajectories,
+            conditioning,
+            layout.local(advantages),
+            layout.local(trained),
+            layout.chunks,
+        )
         if config.data.train_extremes:
             start = time.perf_counter()
-            keep_extremes(
-                self.model, settings, batch,
-                group_size=config.data.group_size, per_side=config.data.train_extremes,
-            )  # fmt: skip
+            keep = advantage.extremes_mask(
+                advantages, config.data.group_size, config.data.train_extremes
+            )
+            trained &= keep[:, None]
+            with self.parallel.gathered():
+                keep_extremes(self.model, settings, batch, layout.local(keep))
             timings["time/old_log_probs"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -224,6 +254,8 @@ class GRPOTrainer:
             self.kl,
             epochs=config.optim.inner_epochs,
             after_step=after_step,
+            work=layout.work(trained),
+            parallel=self.parallel,
         )
         update_seconds = time.perf_counter() - start
         timings["time/reference"] = self.kl.seconds
@@ -233,14 +265,17 @@ class GRPOTrainer:
         self.iteration += 1
 
         metrics.update(timings)
-        metrics.update(self.reward_metrics(scored.rewards, weighted.composite))
+        metrics.update(self.reward_metrics(gathered, weighted.composite))
         metrics["reward/failed_samples"] = float((~scorable).sum())
         metrics["reward/failed_fraction"] = float((~scorable).float().mean())
         metrics["reward/failed_calls"] = float(len(failures))
         if config.reward.curriculum != "static":  # fixed weights have nothing to chart
             metrics.update({f"curriculum/{k}": v for k, v in weighted.diagnostics.items()})
         metrics["optim/lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step used
-        return IterationResult(metrics, prompts, scored.rewards, advantages, scored.videos)
+        videos = scored.videos
+        if keep_videos and world.size > 1:
+            videos = layout.first_in_order(world.gather_optional(videos), keep_videos)
+        return IterationResult(metrics, prompts, gathered, advantages, videos)
 
     def reward_metrics(self, components: dict[str, Tensor], composite: Tensor) -> dict[str, float]:
         group_size = self.config.data.group_size

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from videogrpo.core import kl as kl_terms
 from videogrpo.core.kl import KLSchedule
+from videogrpo.distributed.parallel import ONE_PROCESS, Parallel
 from videogrpo.models.base import VideoGenerator
 from videogrpo.training.replay import UpdateBatch, replay
 from videogrpo.training.rollout import Trajectories
@@ -161,10 +162,16 @@ class KLReference:
 
     @torch.no_grad()
     def reference_means(
-        self, model: VideoGenerator, settings: StepSettings, batch: UpdateBatch, chunk_index: int
+        self,
+        model: VideoGenerator,
+        settings: StepSettings,
+        batch: UpdateBatch,
+        chunk_index: int,
+        parallel: Parallel = ONE_PROCESS,
     ) -> Tensor | None:
         """μ_ref at every trained (step, sample) of chunk `chunk_index`, computed in the update's
-        batches the first time the chunk is trained under the current reference."""
+        batches the first time the chunk is trained under the current reference (gathered after
+        the reference is in place, under FSDP2)."""
         if not self.compares_to_reference:
             return None
         if chunk_index not in self._fresh_chunks:
@@ -172,7 +179,7 @@ class KLReference:
             was_training = model.training
             model.eval()
             chunk = batch.chunks[chunk_index]
-            with self.reference_context(model):
+            with self.reference_context(model), parallel.gathered():
                 means, _ = replay(model, settings, batch, with_means=True, chunks=[chunk])
             model.train(was_training)
             if self._means is None:
