@@ -26,7 +26,7 @@ import torch
 from videogrpo.config import load_config
 from videogrpo.distributed.spawn import run_local
 from videogrpo.distributed.world import World
-from videogrpo.runs.train import load_reward, load_shared_model
+from videogrpo.runs.loading import load_reward, load_shared_model
 from videogrpo.training.prompts import load_prompts
 from videogrpo.training.trainer import GRPOTrainer
 

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from videogrpo.config import load_config
 from videogrpo.embedded.world.grammar import prompts as split_prompts
-from videogrpo.runs.train import load_model, load_reward
+from videogrpo.runs.loading import load_model, load_reward
 from videogrpo.training.rollout import sample_trajectories, shared_noise_seeds
 from videogrpo.training.scoring import decode_and_score
 from videogrpo.training.step import policy_step

@@ -17,7 +17,7 @@ import time
 import torch
 
 from videogrpo.config import load_config
-from videogrpo.runs.train import load_model, load_reward
+from videogrpo.runs.loading import load_model, load_reward
 from videogrpo.training.prompts import load_prompts
 from videogrpo.training.rollout import initial_noise
 from videogrpo.training.trainer import GRPOTrainer

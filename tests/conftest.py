@@ -113,7 +113,7 @@ def make_trainer(model_dir, output_dir, preset: str = "sage", overrides=()) -> G
     import torch
 
     from videogrpo.config import load_config
-    from videogrpo.runs.train import load_model, load_reward
+    from videogrpo.runs.loading import load_model, load_reward
     from videogrpo.training.prompts import load_prompts
     from videogrpo.training.trainer import GRPOTrainer
 

@@ -15,7 +15,8 @@ from tiny_pipelines import PROMPTS, WAN22_BOUNDARY
 
 from videogrpo.core import schedule
 from videogrpo.models.lora import lora_weight_name
-from videogrpo.runs.train import apply_run_weights, train
+from videogrpo.runs.loading import apply_run_weights
+from videogrpo.runs.train import train
 from videogrpo.training.rollout import initial_noise, sample_final
 from videogrpo.training.step import StepSettings
 

@@ -32,8 +32,9 @@ from videogrpo.runs.checkpoint import (
     rng_state,
     save_checkpoint,
 )
+from videogrpo.runs.loading import load_reward, load_shared_model
 from videogrpo.runs.ranks import fill_state, save_job_checkpoint
-from videogrpo.runs.train import load_reward, load_shared_model, train
+from videogrpo.runs.train import train
 from videogrpo.training.prompts import load_prompts
 from videogrpo.training.trainer import GRPOTrainer
 

@@ -19,7 +19,8 @@ from videogrpo.errors import UserError
 from videogrpo.models.base import VideoGenerator
 from videogrpo.models.registry import build_model
 from videogrpo.runs.checkpoint import load_state
-from videogrpo.runs.train import apply_run_weights, load_for_inference, train
+from videogrpo.runs.loading import apply_run_weights, load_for_inference
+from videogrpo.runs.train import train
 from videogrpo.training.rollout import initial_noise, sample_final
 from videogrpo.training.step import StepSettings
 

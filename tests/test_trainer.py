@@ -21,9 +21,10 @@ from videogrpo.core import equalizer, schedule
 from videogrpo.embedded.tiny_wan import TinyWan
 from videogrpo.embedded.world.grammar import HELDOUT_PROMPTS
 from videogrpo.runs.checkpoint import load_state
+from videogrpo.runs.loading import apply_run_weights
 from videogrpo.runs.report.charts import chart_sections
 from videogrpo.runs.tracking import MetricsLog
-from videogrpo.runs.train import apply_run_weights, train
+from videogrpo.runs.train import train
 from videogrpo.training.rollout import initial_noise
 from videogrpo.training.trust_region import MovingAnchor
 

@@ -49,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
     from videogrpo.errors import UserError
     from videogrpo.rewards.registry import build_reward
     from videogrpo.runs.evaluation import evaluate
+    from videogrpo.runs.loading import load_for_inference, read_run_config
     from videogrpo.runs.resources import check_eval_fits
     from videogrpo.runs.rundir import check_output_file, check_output_folder
-    from videogrpo.runs.train import load_for_inference, read_run_config
     from videogrpo.runs.video_io import write_gif
     from videogrpo.training.build import eval_step_settings
     from videogrpo.training.prompts import load_prompts

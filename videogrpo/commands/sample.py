@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from videogrpo.errors import UserError
+    from videogrpo.runs.loading import load_for_inference
     from videogrpo.runs.rundir import check_output_file
-    from videogrpo.runs.train import load_for_inference
     from videogrpo.runs.video_io import video_grid, write_gif, write_mp4
     from videogrpo.training.build import eval_step_settings
     from videogrpo.training.rollout import sample_final
