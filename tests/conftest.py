@@ -221,5 +221,21 @@ def build_tiny_wan_pipeline(directory: Path, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory: pytest.TempPathFactory):
+    """Each backbone family's tiny pipeline folder (tests/backbone_cases.py), built once per
+    session on first use and shared by every test file; tests that break one copy it first."""
+    from backbone_cases import CASES
+
+    built: dict[str, Path] = {}
+
+    def folder(name: str) -> Path:
+        if name not in built:
+            built[name] = CASES[name].build(tmp_path_factory.mktemp(name))
+        return built[name]
+
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_wan_pipeline(tmp_path_factory.mktemp("tiny_wan_pipeline"))

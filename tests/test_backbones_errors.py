@@ -15,18 +15,6 @@ from videogrpo.errors import UserError
 from videogrpo.models.registry import build_model, enable_training
 
 
-@pytest.fixture(scope="session")
-def family_dirs(tmp_path_factory):
-    built = {}
-
-    def folder(name):
-        if name not in built:
-            built[name] = CASES[name].build(tmp_path_factory.mktemp(name))
-        return built[name]
-
-    return folder
-
-
 def one_line_error(build, match: str) -> str:
     with pytest.raises(UserError, match=match) as error:
         build()

@@ -40,18 +40,6 @@ class ThreeScores:
         }
 
 
-@pytest.fixture(scope="session")
-def family_dirs(tmp_path_factory):
-    built = {}
-
-    def folder(name):
-        if name not in built:
-            built[name] = CASES[name].build(tmp_path_factory.mktemp(name))
-        return built[name]
-
-    return folder
-
-
 def family_settings(folder, tmp_path, name: str | None = None) -> list[str]:
     """Tiny-run overrides; with a family `name`, also its model.type and its scheduler's shift
     (a backbone preset names its own)."""

@@ -18,19 +18,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 NUM_STEPS = 4
 
 
-@pytest.fixture(scope="session")
-def family_dirs(tmp_path_factory):
-    """Each family's tiny folder, built once per session on first use."""
-    built = {}
-
-    def folder(name):
-        if name not in built:
-            built[name] = CASES[name].build(tmp_path_factory.mktemp(name))
-        return built[name]
-
-    return folder
-
-
 @pytest.mark.parametrize("guidance", [1.0, 3.0])
 @pytest.mark.parametrize("name", list(CASES))
 def test_ode_rollout_and_decode_equal_the_stock_pipeline(family_dirs, name, guidance):

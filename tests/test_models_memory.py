@@ -15,18 +15,6 @@ from videogrpo.models.text_cache import TextCache
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="session")
-def family_dirs(tmp_path_factory):
-    built = {}
-
-    def folder(name):
-        if name not in built:
-            built[name] = CASES[name].build(tmp_path_factory.mktemp(name))
-        return built[name]
-
-    return folder
-
-
 def record_moves(module: torch.nn.Module, name: str, log: list) -> None:
     """Log every `.to(device)` the adapter asks of `module` (instance attribute: others are
     untouched)."""
